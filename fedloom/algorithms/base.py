@@ -1,0 +1,124 @@
+"""What an algorithm supplies to the round loop: its math, nothing else.
+
+* the local objective, as a *functional* loss ``client_loss(forward, params, x, y, w, ctx)`` -- engines run
+  local SGD on it, one client at a time (sequential) or a whole cohort at once under ``torch.func.vmap``
+  (vectorized);
+* optionally, arbitrary client code (``train_client``) for methods that are not local SGD on a loss; such an
+  algorithm sets ``vectorizable = False`` and runs on the sequential engine;
+* the aggregation of decoded client updates (``aggregate``), by default the weighted mean.
+
+Sampling, transport, byte accounting, evaluation and logging live in :mod:`fedloom.simulation`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+Params = dict[str, torch.Tensor]
+Forward = Callable[[Params, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class LocalSchedule:
+    """How a client runs local SGD.
+
+    ``local_steps`` (Stich's H) takes precedence over ``epochs``. ``batch_size=None`` means full batch.
+    """
+
+    lr: float
+    epochs: int = 1
+    batch_size: int | None = 10
+    local_steps: int | None = None
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+
+    def num_steps(self, n: int) -> int:
+        if n <= 0:
+            return 0
+        if self.local_steps is not None:
+            return self.local_steps
+        b = n if self.batch_size is None else min(self.batch_size, n)
+        return self.epochs * -(-n // b)
+
+
+def client_batches(n: int, sched: LocalSchedule, gen: torch.Generator) -> list[torch.Tensor]:
+    """Local minibatch index lists for a client with ``n`` samples (shared by every engine).
+
+    Epoch mode: each epoch is a fresh permutation cut into batches (the last one may be smaller).
+    Step mode (``local_steps=H``): H batches of ``min(batch_size, n)`` taken from a stream of successive
+    permutations, so a batch may straddle an epoch boundary.
+    """
+    if n <= 0:
+        return []
+    b = n if sched.batch_size is None else min(sched.batch_size, n)
+    if sched.local_steps is None:
+        out = []
+        for _ in range(sched.epochs):
+            out.extend(torch.randperm(n, generator=gen).split(b))
+        return out
+    need = sched.local_steps * b
+    stream = torch.cat([torch.randperm(n, generator=gen) for _ in range(-(-need // n))])[:need]
+    return list(stream.view(sched.local_steps, b))
+
+
+@dataclass
+class ClientOutput:
+    """What one client's work produced, before encoding."""
+
+    update: Params  # local model minus the broadcast model (Konecny et al.'s H_t^i)
+    num_samples: int
+    train_loss: float
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class AlgorithmParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weighting: str = Field("samples", pattern="^(samples|uniform)$", description="client weights in the mean")
+
+
+class Algorithm:
+    """Base class: FedAvg-style local SGD on :meth:`client_loss`, weighted-mean aggregation."""
+
+    vectorizable: bool = True
+    Params = AlgorithmParams
+
+    def __init__(self, params: BaseModel):
+        self.p = params
+
+    # -- client side -------------------------------------------------------------------------------
+    def schedule(self, base: LocalSchedule) -> LocalSchedule:
+        """The local schedule this algorithm runs (FedSGD, local SGD override parts of the configured one)."""
+        return base
+
+    def client_loss(self, forward: Forward, params: Params, x: torch.Tensor, y: torch.Tensor, w: torch.Tensor,
+                    ctx: Mapping[str, Any]) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Weighted mean cross-entropy over the batch; ``w`` is 0 on padding rows (vectorized engine).
+
+        Returns (loss, (sum of per-sample losses * w, sum of w)) -- the aux feeds the reported train loss.
+        """
+        losses = F.cross_entropy(forward(params, x), y, reduction="none")
+        lw = (losses * w).sum()
+        sw = w.sum()
+        return lw / sw.clamp_min(1.0), (lw.detach(), sw.detach())
+
+    def client_context(self, global_params: Params) -> dict[str, Any]:
+        """Round-constant inputs of the local objective (same for every client; not vmapped)."""
+        return {}
+
+    # -- server side -------------------------------------------------------------------------------
+    def client_weight(self, out_meta: Mapping[str, Any]) -> float:
+        return float(out_meta["num_samples"]) if self.p.weighting == "samples" else 1.0
+
+    def aggregate(self, updates: list[Params], weights: list[float]) -> Params:
+        """Weighted mean of client updates (accumulated in place; no cohort-sized stack)."""
+        total = float(sum(weights))
+        acc = {k: torch.zeros_like(v) for k, v in updates[0].items()}
+        for u, w in zip(updates, weights):
+            for k, v in u.items():
+                acc[k].add_(v, alpha=w / total)
+        return acc

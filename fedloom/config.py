@@ -1,0 +1,185 @@
+"""Typed run configuration (the edge: YAML and CLI overrides are parsed here only).
+
+A component (dataset, partitioner, model, algorithm, engine, server optimizer) is written either as its name
+or as a mapping ``{name: ..., <param>: ...}``; its parameters are validated by the component's own pydantic
+model, so every error names its dotted field (``algorithm.mu``) and, for choices, the allowed values.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedloom import registry as R
+
+
+class ConfigError(ValueError):
+    """An invalid run configuration; ``errors`` holds one message per bad field."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = errors
+        super().__init__("invalid config:\n" + "\n".join(f"  {e}" for e in errors))
+
+
+class Component(BaseModel):
+    """A registered component: its name plus its own (validated) parameters."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    dataset: Component = Field(default_factory=lambda: Component(name="digits"))
+    partition: Component = Field(default_factory=lambda: Component(name="iid"))
+    num_clients: int = Field(20, ge=1, description="number of clients the training set is split into")
+
+
+class ClientConfig(_Strict):
+    lr: float = Field(0.1, gt=0, description="client learning rate")
+    epochs: int = Field(1, ge=1, description="local epochs E (ignored when local_steps is set)")
+    batch_size: int | None = Field(10, ge=1, description="local batch B; null = full batch")
+    local_steps: int | None = Field(None, ge=1, description="H local steps instead of epochs")
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="used in the run directory's name")
+    seed: int = 0
+    rounds: int = Field(20, ge=1)
+    cohort_size: int = Field(10, ge=1, description="clients sampled per round (uniformly, without replacement)")
+    eval_every: int = Field(1, ge=1, description="evaluate every N rounds (and always after the last)")
+    eval_batch_size: int = Field(4096, ge=1)
+    engine: Component = Field(default_factory=lambda: Component(name="vectorized"))
+    device: Literal["cpu", "cuda"] = "cpu"
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: Component = Field(default_factory=lambda: Component(name="mlp"))
+    algorithm: Component = Field(default_factory=lambda: Component(name="fedavg"))
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    server_optimizer: Component = Field(default_factory=lambda: Component(name="sgd"))
+    progress: bool = Field(True, description="show a progress bar")
+
+
+_COMPONENTS = {
+    "engine": R.ENGINES,
+    "data.dataset": R.DATASETS,
+    "data.partition": R.PARTITIONERS,
+    "model": R.MODELS,
+    "algorithm": R.ALGORITHMS,
+    "server_optimizer": R.SERVER_OPTIMIZERS,
+}
+
+
+def _get(cfg: BaseModel, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _fmt_loc(prefix: str, loc: tuple) -> str:
+    parts = [prefix] if prefix else []
+    parts += [str(x) for x in loc if x not in ("function-after", "function-before")]
+    return ".".join(parts)
+
+
+def validate_config(raw: dict[str, Any]) -> RunConfig:
+    """Validate a raw mapping into a :class:`RunConfig`; components' parameters are filled with defaults."""
+    import fedloom.components  # noqa: F401  (register everything)
+
+    if not isinstance(raw, dict):
+        raise ConfigError([f"config must be a mapping, got {type(raw).__name__}"])
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError([f"{_fmt_loc('', err['loc'])}: {err['msg']}" for err in e.errors()]) from None
+    errors: list[str] = []
+    for path, reg in _COMPONENTS.items():
+        comp: Component = _get(cfg, path)
+        if comp.name not in reg:
+            errors.append(f"{path}.name: unknown {reg.kind} {comp.name!r}; allowed: {', '.join(reg.names())}")
+            continue
+        try:
+            p = reg.entry(comp.name).params.model_validate(comp.params)
+        except ValidationError as e:
+            errors += [f"{_fmt_loc(path, err['loc'])}: {err['msg']}" for err in e.errors()]
+            continue
+        resolved = Component(name=comp.name, **p.model_dump())
+        parent, _, leaf = path.rpartition(".")
+        setattr(_get(cfg, parent) if parent else cfg, leaf, resolved)
+    if cfg.cohort_size > cfg.data.num_clients:
+        errors.append(f"cohort_size: {cfg.cohort_size} exceeds data.num_clients={cfg.data.num_clients}")
+    if errors:
+        raise ConfigError(errors)
+    return cfg
+
+
+def parse_value(text: str) -> Any:
+    """A CLI override value, read as YAML (``3`` -> int, ``null`` -> None, ``[1,2]`` -> list)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``dotted.key=value`` overrides to a raw config mapping (returns a copy)."""
+    out = copy.deepcopy(raw)
+    errors = []
+    for ov in overrides:
+        key, sep, val = ov.partition("=")
+        if not sep or not key:
+            errors.append(f"override {ov!r}: expected key=value, e.g. rounds=3 or data.partition.alpha=0.1")
+            continue
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nxt = node.get(part)
+            if isinstance(nxt, str):  # a component given by name: expand to a mapping to set a parameter
+                nxt = {"name": nxt}
+            elif nxt is None:
+                nxt = {}
+            elif not isinstance(nxt, dict):
+                errors.append(f"override {ov!r}: {part!r} is not a section")
+                break
+            node[part] = nxt
+            node = nxt
+        else:
+            node[parts[-1]] = parse_value(val)
+    if errors:
+        raise ConfigError(errors)
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file {str(path)!r} does not exist"])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
+    if isinstance(raw, dict) and "name" not in raw:
+        raw["name"] = path.stem
+    return validate_config(apply_overrides(raw, overrides or []))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,79 @@
+"""How client work executes. Engines never contain algorithm math: they run an algorithm's local
+objective (or its arbitrary client code) for a cohort and return per-client outputs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from fedloom.algorithms.base import Algorithm, ClientOutput, LocalSchedule, Params, client_batches
+from fedloom.data.federated import FederatedData
+from fedloom.rng import torch_generator
+
+
+@dataclass
+class CohortTask:
+    """Everything client work in one round needs."""
+
+    model: nn.Module          # architecture template (its own parameters are not used)
+    params: Params            # the broadcast global model, as decoded by the clients
+    buffers: Params
+    clients: list[int]
+    data: FederatedData
+    schedule: LocalSchedule
+    algorithm: Algorithm
+    seed: int
+    round: int
+    device: torch.device
+
+    def batches(self, k: int) -> list[torch.Tensor]:
+        """Client k's minibatches (local indices) for this round: the same in every engine."""
+        n = len(self.data.client_indices[k])
+        return client_batches(n, self.schedule, torch_generator(self.seed, "batches", self.round, k))
+
+
+class Engine:
+    name = "base"
+
+    def run(self, task: CohortTask) -> list[ClientOutput]:
+        raise NotImplementedError
+
+
+def make_forward(model: nn.Module, buffers: Params):
+    def forward(params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, (params, buffers), (x,))
+
+    return forward
+
+
+def sgd_step_(params: Params, grads: Params, bufs: Params | None, sched: LocalSchedule,
+              active: torch.Tensor | None = None) -> None:
+    """One SGD step in place (PyTorch's SGD semantics: buf <- mu buf + g; p <- p - lr buf).
+
+    ``active`` (shape [C], vectorized engine) masks clients that have no batch at this step: their
+    parameters and momentum buffers are left untouched.
+    """
+    for k, p in params.items():
+        g = grads[k]
+        if sched.weight_decay:
+            g = g.add(p, alpha=sched.weight_decay)
+        if bufs is not None:
+            b = bufs[k]
+            if active is None:
+                b.mul_(sched.momentum).add_(g)
+            else:
+                a = active.view(-1, *([1] * (b.dim() - 1)))
+                b.copy_(torch.where(a, b * sched.momentum + g, b))
+            g = b
+        if active is None:
+            p.sub_(g, alpha=sched.lr)
+        else:
+            p.sub_(g * active.view(-1, *([1] * (p.dim() - 1))).to(p.dtype), alpha=sched.lr)
+
+
+def describe(x: Any) -> str:
+    return type(x).__name__

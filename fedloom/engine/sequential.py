@@ -1,0 +1,54 @@
+"""The reference engine: one client after another.
+
+Runs any client code. For algorithms whose client work is local SGD on a loss, it takes per-client gradients
+with ``torch.func.grad`` on exactly the objective the vectorized engine batches, so the two agree to float
+tolerance (tests/engine/test_equivalence.py).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.func import grad
+
+from fedloom.algorithms.base import ClientOutput
+from fedloom.engine.base import CohortTask, Engine, make_forward, sgd_step_
+from fedloom.registry import ENGINES
+
+
+def local_sgd(task: CohortTask, k: int) -> ClientOutput:
+    """Client k's local SGD on the algorithm's functional loss, starting from the broadcast model."""
+    alg, sched = task.algorithm, task.schedule
+    forward = make_forward(task.model, task.buffers)
+    ctx = alg.client_context(task.params)
+    params = {n: p.detach().clone() for n, p in task.params.items()}
+    bufs = {n: torch.zeros_like(p) for n, p in params.items()} if sched.momentum else None
+    gfn = grad(lambda p, x, y, w: alg.client_loss(forward, p, x, y, w, ctx), has_aux=True)
+    idx = task.data.client_indices[k]
+    x_all = task.data.source.train_x
+    y_all = task.data.source.train_y
+    lw_sum = torch.zeros((), device=task.device)
+    w_sum = torch.zeros((), device=task.device)
+    for b in task.batches(k):
+        g_idx = idx[b]
+        x = x_all[g_idx].to(task.device, non_blocking=True)
+        y = y_all[g_idx].to(task.device, non_blocking=True)
+        w = torch.ones(len(b), device=task.device)
+        grads, (lw, sw) = gfn(params, x, y, w)
+        sgd_step_(params, grads, bufs, sched)
+        lw_sum += lw
+        w_sum += sw
+    update = {n: params[n] - task.params[n] for n in params}
+    loss = float(lw_sum / w_sum.clamp_min(1.0))
+    return ClientOutput(update, len(idx), loss)
+
+
+@ENGINES.register("sequential", None, "reference engine: clients one after another; runs any client code")
+class SequentialEngine(Engine):
+    name = "sequential"
+
+    def __init__(self, params=None):
+        self.p = params
+
+    def run(self, task: CohortTask) -> list[ClientOutput]:
+        train = getattr(task.algorithm, "train_client", None)
+        return [train(task, k) if train is not None else local_sgd(task, k) for k in task.clients]

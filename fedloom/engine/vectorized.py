@@ -1,0 +1,98 @@
+"""The vectorized engine: a whole cohort's local SGD as one batched computation.
+
+Client parameters are stacked along a leading cohort axis and every local step is one call of
+``vmap(grad(loss))`` over (params, batch) -- ``torch.func`` turns the per-client matmuls into batched ones.
+
+Unequal client data: client k runs ``steps_k`` local steps with batches of up to B rows. The cohort is laid
+out as a [C, S_max, B_max] grid of sample indices with a weight mask: padding rows get weight 0 (the loss is
+a weighted mean, so they contribute nothing), and steps past a client's own count are *inactive* -- its
+parameters and momentum buffers are left as they are. This reproduces per-client training exactly. To keep
+padding low, clients are bucketed: the cohort is sorted by step count and processed in chunks of at most
+``chunk_size`` clients (which also bounds memory), so each chunk pads only to its own longest client.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch.func import grad, vmap
+
+from fedloom.algorithms.base import ClientOutput
+from fedloom.engine.base import CohortTask, Engine, make_forward, sgd_step_
+from fedloom.registry import ENGINES
+
+
+class VectorizedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    chunk_size: int = Field(1024, ge=1, description="max clients in one batched computation (memory bound)")
+    bucket: bool = Field(True, description="sort the cohort by local step count before chunking (less padding)")
+
+
+def fallback_reason(task_algorithm, model) -> str | None:
+    """Why a run cannot use the vectorized engine (it then runs on the sequential one), or None."""
+    from fedloom.models import vmap_unsafe_reason
+
+    if not getattr(task_algorithm, "vectorizable", True) or getattr(task_algorithm, "train_client", None) is not None:
+        return f"algorithm {type(task_algorithm).__name__} runs its own client code (not local SGD on a loss)"
+    return vmap_unsafe_reason(model)
+
+
+@ENGINES.register("vectorized", VectorizedParams, "torch.func.vmap over the whole cohort (default)")
+class VectorizedEngine(Engine):
+    name = "vectorized"
+
+    def __init__(self, params: VectorizedParams | None = None):
+        self.p = params or VectorizedParams()
+
+    def run(self, task: CohortTask) -> list[ClientOutput]:
+        sizes = [len(task.data.client_indices[k]) for k in task.clients]
+        steps = [task.schedule.num_steps(n) for n in sizes]
+        order = sorted(range(len(task.clients)), key=lambda i: steps[i]) if self.p.bucket else list(range(len(task.clients)))
+        out: list[ClientOutput | None] = [None] * len(task.clients)
+        for s in range(0, len(order), self.p.chunk_size):
+            chunk = order[s : s + self.p.chunk_size]
+            for i, res in zip(chunk, self._run_chunk(task, [task.clients[i] for i in chunk])):
+                out[i] = res
+        return out  # type: ignore[return-value]
+
+    def _run_chunk(self, task: CohortTask, clients: list[int]) -> list[ClientOutput]:
+        alg, sched, dev = task.algorithm, task.schedule, task.device
+        C = len(clients)
+        batches = [task.batches(k) for k in clients]
+        S = max((len(b) for b in batches), default=0)
+        B = max((len(x) for bs in batches for x in bs), default=1)
+        # [C, S, B] global sample indices, weights (1 real row / 0 padding) and per-step activity.
+        gidx = torch.zeros(C, S, B, dtype=torch.int64)
+        wts = torch.zeros(C, S, B)
+        for c, (k, bs) in enumerate(zip(clients, batches)):
+            idx = task.data.client_indices[k]
+            for s, b in enumerate(bs):
+                gidx[c, s, : len(b)] = idx[b]
+                wts[c, s, : len(b)] = 1.0
+        active = wts.sum(-1) > 0  # [C, S]
+        all_active = bool(active.all())
+        gidx, wts, active = gidx.to(dev), wts.to(dev), active.to(dev)
+        x_all = task.data.source.train_x
+        y_all = task.data.source.train_y
+        if x_all.device != dev:
+            x_all, y_all = x_all.to(dev), y_all.to(dev)
+
+        forward = make_forward(task.model, task.buffers)
+        ctx = alg.client_context(task.params)
+        params = {n: p.detach().unsqueeze(0).repeat(C, *([1] * p.dim())) for n, p in task.params.items()}
+        bufs = {n: torch.zeros_like(p) for n, p in params.items()} if sched.momentum else None
+        step = vmap(grad(lambda p, x, y, w: alg.client_loss(forward, p, x, y, w, ctx), has_aux=True))
+        lw_sum = torch.zeros(C, device=dev)
+        w_sum = torch.zeros(C, device=dev)
+        for s in range(S):
+            g = gidx[:, s]
+            grads, (lw, sw) = step(params, x_all[g], y_all[g], wts[:, s])
+            sgd_step_(params, grads, bufs, sched, None if all_active else active[:, s])
+            lw_sum += lw
+            w_sum += sw
+        losses = (lw_sum / w_sum.clamp_min(1.0)).tolist()
+        outs = []
+        for c, k in enumerate(clients):
+            upd = {n: params[n][c] - task.params[n] for n in params}
+            outs.append(ClientOutput(upd, len(task.data.client_indices[k]), losses[c]))
+        return outs
