@@ -55,7 +55,7 @@ def encode(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None =
         if t.dtype not in _NAMES:
             raise MessageError(f"entry {name!r}: unsupported dtype {t.dtype}")
         t = t.contiguous().cpu()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
         entries.append({"name": name, "dtype": _NAMES[t.dtype], "shape": list(t.shape), "nbytes": len(raw)})
         blobs.append(raw)
     header = json.dumps({"entries": entries, "meta": dict(meta or {})}, separators=(",", ":")).encode()
