@@ -1,6 +1,7 @@
 """fedloom command line: ``run``, ``list``, ``report``.
 
     fedloom run CONFIG [key=value ...] [--out DIR]
+    fedloom run --resume RUN_DIR
     fedloom list
     fedloom report RUN_DIR [RUN_DIR ...] [--out DIR]
 
@@ -16,9 +17,45 @@ import time
 from pathlib import Path
 
 
+def _cmd_resume(a: argparse.Namespace) -> int:
+    from fedloom.config import ConfigError
+    from fedloom.simulation import Simulation
+
+    if a.config or a.overrides:
+        print("fedloom: --resume RUN_DIR takes no config or overrides (the run's own config.yaml is used)", file=sys.stderr)
+        return 2
+    try:
+        sim = Simulation.resume(a.resume)
+    except (FileNotFoundError, ConfigError) as e:
+        print(f"fedloom: cannot resume: {e}", file=sys.stderr)
+        return 2
+    print(f"fedloom: resuming {a.resume} after round {sim.state.round} of {sim.cfg.rounds}", file=sys.stderr)
+    sim.run()
+    return _finish(sim, Path(a.resume), time.perf_counter())
+
+
+def _finish(sim, out: Path, t0: float) -> int:
+    from fedloom.metrics.report import make_report
+
+    records = sim.metrics.records
+    plots = make_report([out])
+    acc = next((r["test_accuracy"] for r in reversed(records) if r["test_accuracy"] is not None), None)
+    up = sum(r["bytes_up"] for r in records)
+    down = sum(r["bytes_down"] for r in records)
+    print(f"final test accuracy {acc:.4f} after {len(records)} rounds in {time.perf_counter() - t0:.1f} s; "
+          f"{up / 1e6:.2f} MB up, {down / 1e6:.2f} MB down")
+    print(f"metrics: {out / 'metrics.jsonl'}; plots: {', '.join(str(p) for p in plots)}")
+    return 0
+
+
 def _cmd_run(a: argparse.Namespace) -> int:
     from fedloom.config import ConfigError, load_config
 
+    if a.resume:
+        return _cmd_resume(a)
+    if not a.config:
+        print("fedloom: run needs a CONFIG (or --resume RUN_DIR)", file=sys.stderr)
+        return 2
     try:
         cfg = load_config(a.config, a.overrides)
     except ConfigError as e:
@@ -47,17 +84,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     print(f"fedloom: {cfg.algorithm.name} on {cfg.data.dataset.name} ({sim.data.num_clients} clients, "
           f"{cfg.data.partition.name}), model {cfg.model.name}, engine {engine}; run dir {out}", file=sys.stderr)
     t0 = time.perf_counter()
-    records = sim.run()
-    from fedloom.metrics.report import make_report
-
-    plots = make_report([out])
-    acc = next((r["test_accuracy"] for r in reversed(records) if r["test_accuracy"] is not None), None)
-    up = sum(r["bytes_up"] for r in records)
-    down = sum(r["bytes_down"] for r in records)
-    print(f"final test accuracy {acc:.4f} after {len(records)} rounds in {time.perf_counter() - t0:.1f} s; "
-          f"{up / 1e6:.2f} MB up, {down / 1e6:.2f} MB down")
-    print(f"metrics: {out / 'metrics.jsonl'}; plots: {', '.join(str(p) for p in plots)}")
-    return 0
+    sim.run()
+    return _finish(sim, out, t0)
 
 
 def _cmd_list(a: argparse.Namespace) -> int:
@@ -89,9 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-v", "--verbose", action="store_true")
     sub = ap.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a config", description="run CONFIG with dotted key=value overrides")
-    r.add_argument("config")
+    r.add_argument("config", nargs="?")
     r.add_argument("overrides", nargs="*", help="e.g. rounds=3 engine=sequential data.partition.alpha=0.1")
     r.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
+    r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
     r.set_defaults(fn=_cmd_run)
     sub.add_parser("list", help="list algorithms, datasets, partitioners, models, engines").set_defaults(fn=_cmd_list)
     rp = sub.add_parser("report", help="plot a run's metrics (PNG)")

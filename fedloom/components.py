@@ -1,6 +1,7 @@
 """Importing this module registers every built-in component."""
 
 import fedloom.algorithms  # noqa: F401
+import fedloom.codecs  # noqa: F401
 import fedloom.data.datasets  # noqa: F401
 import fedloom.data.partition  # noqa: F401
 import fedloom.engine  # noqa: F401

@@ -15,6 +15,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedloom import registry as R
+from fedloom.crypto.secagg import SecureAggregationConfig
+from fedloom.privacy import PrivacyConfig
+from fedloom.robust import AGGREGATORS, ATTACKS
+from fedloom.system import SystemConfig
 
 
 class ConfigError(ValueError):
@@ -75,7 +79,17 @@ class RunConfig(_Strict):
     algorithm: Component = Field(default_factory=lambda: Component(name="fedavg"))
     client: ClientConfig = Field(default_factory=ClientConfig)
     server_optimizer: Component = Field(default_factory=lambda: Component(name="sgd"))
+    codecs: list[Component] = Field(default_factory=list, description="update codec chain, applied in order "
+                                    "on the client and undone in reverse on the server (fedloom.codecs)")
     progress: bool = Field(True, description="show a progress bar")
+    # -- FL system essentials (Kairouz et al.): fedloom.system, fedloom.robust, fedloom.privacy --
+    system: SystemConfig = Field(default_factory=SystemConfig, description="availability, sampling, dropouts")
+    aggregator: Component = Field(default_factory=lambda: Component(name="mean"), description="robust rule")
+    attack: Component | None = Field(None, description="simulated Byzantine clients (fedloom.robust)")
+    privacy: PrivacyConfig | None = Field(None, description="DP-FedAvg clipping, noise and accounting")
+    checkpoint_every: int = Field(10, ge=0, description="checkpoint the server state every N rounds (0 = off)")
+    secure_aggregation: SecureAggregationConfig | None = Field(
+        None, description="Paillier secure aggregation (fedloom.crypto.secagg); null = off")
 
 
 _COMPONENTS = {
@@ -85,6 +99,8 @@ _COMPONENTS = {
     "model": R.MODELS,
     "algorithm": R.ALGORITHMS,
     "server_optimizer": R.SERVER_OPTIMIZERS,
+    "aggregator": AGGREGATORS,
+    "attack": ATTACKS,
 }
 
 
@@ -113,6 +129,8 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
     errors: list[str] = []
     for path, reg in _COMPONENTS.items():
         comp: Component = _get(cfg, path)
+        if comp is None:  # an optional component that is off
+            continue
         if comp.name not in reg:
             errors.append(f"{path}.name: unknown {reg.kind} {comp.name!r}; allowed: {', '.join(reg.names())}")
             continue
@@ -124,11 +142,46 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
         resolved = Component(name=comp.name, **p.model_dump())
         parent, _, leaf = path.rpartition(".")
         setattr(_get(cfg, parent) if parent else cfg, leaf, resolved)
+    errors += _validate_codecs(cfg)
+    alg_cls = R.ALGORITHMS.get(cfg.algorithm.name) if cfg.algorithm.name in R.ALGORITHMS else None
+    if alg_cls is not None and (cfg.privacy is not None or cfg.aggregator.name != "mean"
+                                or cfg.aggregator.params.get("max_norm") is not None):
+        from fedloom.algorithms.base import Algorithm
+
+        if any(getattr(alg_cls, m) is not getattr(Algorithm, m) for m in ("aggregate", "server_aggregate")):
+            field = "privacy" if cfg.privacy is not None else "aggregator.name"
+            errors.append(f"{field}: algorithm {cfg.algorithm.name!r} aggregates its own way (structured or "
+                          "aligned averaging); robust rules and DP-FedAvg need the plain weighted mean")
+    if cfg.privacy is not None and cfg.aggregator.name != "mean":
+        errors.append(f"aggregator.name: DP-FedAvg (privacy) aggregates by clipped mean; got {cfg.aggregator.name!r}")
     if cfg.cohort_size > cfg.data.num_clients:
         errors.append(f"cohort_size: {cfg.cohort_size} exceeds data.num_clients={cfg.data.num_clients}")
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+def _validate_codecs(cfg: RunConfig) -> list[str]:
+    """Each ``codecs.<i>`` entry against the codec registry, then the chain's composition rules."""
+    from fedloom.codecs import CODECS, chain_errors
+
+    errors: list[str] = []
+    resolved = []
+    for i, comp in enumerate(cfg.codecs):
+        path = f"codecs.{i}"
+        if comp.name not in CODECS:
+            errors.append(f"{path}.name: unknown {CODECS.kind} {comp.name!r}; allowed: {', '.join(CODECS.names())}")
+            continue
+        try:
+            p = CODECS.entry(comp.name).params.model_validate(comp.params)
+        except ValidationError as e:
+            errors += [f"{_fmt_loc(path, err['loc'])}: {err['msg']}" for err in e.errors()]
+            continue
+        resolved.append(Component(name=comp.name, **p.model_dump()))
+    if not errors:
+        cfg.codecs = resolved
+        errors += chain_errors([(c.name, c.params) for c in resolved])
+    return errors
 
 
 def parse_value(text: str) -> Any:

@@ -10,10 +10,11 @@ Every message is really serialized (:mod:`fedloom.wire`) and the byte counts in 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,18 @@ from torch.func import functional_call
 from fedloom import wire
 from fedloom.algorithms import Algorithm, ClientOutput, LocalSchedule, build_algorithm
 from fedloom.algorithms.server_opt import build_server_optimizer
+from fedloom.checkpoint import NAME as CHECKPOINT
+from fedloom.checkpoint import load as load_checkpoint
+from fedloom.checkpoint import save_atomic
 from fedloom.config import RunConfig, dump_config
 from fedloom.data.federated import FederatedData, build_federated
 from fedloom.engine import CohortTask, Engine, build_engine, fallback_reason
 from fedloom.metrics.history import MetricsWriter
 from fedloom.models import build_model
-from fedloom.rng import derive_seed, torch_generator
+from fedloom.privacy import DPFedAvg
+from fedloom.robust import Attack, RobustAggregator
+from fedloom.system import CohortPlan, CohortPlanner
+from fedloom.rng import derive_seed
 
 log = logging.getLogger("fedloom")
 
@@ -61,7 +68,7 @@ class Simulation:
     """A federated training run built from a :class:`RunConfig`."""
 
     def __init__(self, cfg: RunConfig, out_dir: str | Path | None = None, *, data: FederatedData | None = None,
-                 engine: Engine | None = None):
+                 engine: Engine | None = None, secure_aggregation: Any = None):
         self.cfg = cfg
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
         self.device = torch.device(cfg.device)
@@ -70,6 +77,10 @@ class Simulation:
         d = cfg.data
         self.data = data or build_federated(d.dataset.name, d.dataset.params, d.num_clients, d.partition.name,
                                             d.partition.params, cfg.seed)
+        self.attack = (Attack(cfg.attack.name, cfg.attack.params, self.data.num_clients, cfg.seed)
+                       if cfg.attack is not None else None)
+        if self.attack is not None:
+            self.attack.poison_data(self.data)  # label flipping rewrites the attackers' labels (a private copy)
         if self.device.type != "cpu":
             src = self.data.source
             src.train_x, src.train_y = src.train_x.to(self.device), src.train_y.to(self.device)
@@ -77,16 +88,29 @@ class Simulation:
         src = self.data.source
         self.model = build_model(cfg.model.name, cfg.model.params, src.input_shape, src.num_classes).to(self.device)
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.params)
+        self.algorithm.setup(self.model)
         c = cfg.client
         self.schedule: LocalSchedule = self.algorithm.schedule(
             LocalSchedule(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, local_steps=c.local_steps,
                           momentum=c.momentum, weight_decay=c.weight_decay))
         self.engine = engine or self._pick_engine()
+        self.planner = CohortPlanner(cfg.system, self.data.client_sizes, cfg.cohort_size, self.schedule.epochs, cfg.seed)
+        self.aggregator = RobustAggregator(cfg.aggregator.name, cfg.aggregator.params)
+        self.dp = DPFedAvg(cfg.privacy, self.data.num_clients, cfg.cohort_size, cfg.seed) if cfg.privacy else None
         self.server_opt = build_server_optimizer(cfg.server_optimizer.name, cfg.server_optimizer.params)
         params = {k: v.detach().clone() for k, v in self.model.named_parameters()}
         self.buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
         self.state = ServerState(params, self.server_opt.init(params))
         self.expected = {k: (tuple(v.shape), v.dtype) for k, v in params.items()}
+        self.codecs = self._build_codecs()  # update codec chain (fedloom.codecs); None = raw float32 updates
+        self.current_round = 0
+        # -- secure aggregation (fedloom.crypto.secagg): steps 4-5 on Paillier ciphertexts; None = off --
+        sa = secure_aggregation if secure_aggregation is not None else getattr(cfg, "secure_aggregation", None)
+        self.secagg = None
+        if sa is not None:
+            from fedloom.crypto.secagg import build_secure_aggregation
+
+            self.secagg = build_secure_aggregation(self, sa)
         self.out_dir = Path(out_dir) if out_dir else None
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if self.out_dir else None)
         if self.out_dir:
@@ -104,22 +128,45 @@ class Simulation:
         self.engine_note = ""
         return build_engine(name, self.cfg.engine.params)
 
+    def _build_codecs(self):
+        if not self.cfg.codecs:
+            return None
+        from fedloom.codecs import UpdateCodec
+
+        codecs = UpdateCodec([(c.name, c.params) for c in self.cfg.codecs], self.expected, self.cfg.seed)
+        if codecs.reparam(0) is not None and (getattr(self.algorithm, "train_client", None) is not None
+                                              or not getattr(self.algorithm, "vectorizable", True)):
+            raise ValueError(f"codecs: structured codecs restrict local SGD on a loss; algorithm "
+                             f"{self.cfg.algorithm.name!r} runs its own client code")
+        return codecs
+
     # -- the round --------------------------------------------------------------------------------
-    def sample_cohort(self, rnd: int) -> list[int]:
-        """Step 1: uniform sampling without replacement, seeded by (seed, round)."""
-        g = torch_generator(self.cfg.seed, "cohort", rnd)
-        return sorted(torch.randperm(self.data.num_clients, generator=g)[: self.cfg.cohort_size].tolist())
+    def sample_cohort(self, rnd: int, msg_bytes: int = 0) -> CohortPlan:
+        """Step 1: who is sampled, who drops out, who reports (fedloom.system; default: uniform, all report)."""
+        return self.planner.plan(rnd, msg_bytes)
+
+    def client_side(self, client: int, rnd: int, out: ClientOutput) -> ClientOutput:
+        """What a client does to its update before encoding: an attacker corrupts it; local DP noises it."""
+        u = out.update
+        if self.attack is not None:
+            u = self.attack.corrupt(client, rnd, u)
+        if self.dp is not None:
+            u = self.dp.client_side(client, rnd, u)
+        return out if u is out.update else replace(out, update=u)
 
     def encode_update(self, client: int, out: ClientOutput) -> bytes:
         """Step 4, on the client: serialize the update (codecs plug in here)."""
         meta = {"client": client, "num_samples": out.num_samples, "train_loss": out.train_loss, **out.meta}
+        if self.codecs is not None:
+            return self.codecs.encode(out.update, meta, self.current_round, client)
         return wire.encode(out.update, meta)
 
     def decode_update(self, client: int, msg: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Step 5a, on the server: decode and validate one client's message (raises on bad input)."""
-        m = wire.decode(msg, self.expected)
+        m = wire.decode(msg, self.expected) if self.codecs is None else self.codecs.decode(msg)
         for k, t in m.tensors.items():
-            if not torch.isfinite(t).all():
+            # fast path: a sum is finite only if every element is (NaN/Inf propagate); full scan otherwise
+            if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
                 raise wire.MessageError(f"entry {k!r} contains NaN or Inf")
         if int(m.meta.get("client", client)) != client:
             raise wire.MessageError(f"message claims to be from client {m.meta.get('client')}")
@@ -128,47 +175,110 @@ class Simulation:
     def round(self, rnd: int) -> dict[str, Any]:
         t0 = time.perf_counter()
         st = self.state
-        # 1. sample
-        cohort = self.sample_cohort(rnd)
-        # 2. broadcast: one serialized message, received by every cohort member
+        self.current_round = rnd
         down = wire.encode({k: v for k, v in st.params.items()}, {"round": rnd})
+        # 1. sample: the planner decides who reports (dropouts and stragglers never send an update)
+        plan = self.sample_cohort(rnd, len(down))
+        cohort = plan.reporting
+        # 2. broadcast: one serialized message, received by every sampled client
         received = {k: v.to(self.device) for k, v in wire.decode(down, self.expected).tensors.items()}
-        bytes_down = len(down) * len(cohort)
+        bytes_down = len(down) * len(plan.sampled)
         # 3. client work
         task = CohortTask(self.model, received, self.buffers, cohort, self.data, self.schedule, self.algorithm,
-                          self.cfg.seed, rnd, self.device)
-        outputs = self.engine.run(task)
+                          self.cfg.seed, rnd, self.device,
+                          reparam=self.codecs.reparam(rnd) if self.codecs is not None else None)
+        outputs = [self.client_side(k, rnd, o) for k, o in zip(cohort, self.engine.run(task))]
         # 4. encode on each client
-        msgs = [self.encode_update(k, o) for k, o in zip(cohort, outputs)]
+        if self.secagg is not None:  # secure aggregation: pack + encrypt n_k * update under the authority's key
+            msgs = [self.secagg.encode(rnd, k, o) for k, o in zip(cohort, outputs)]
+        else:
+            msgs = [self.encode_update(k, o) for k, o in zip(cohort, outputs)]
         bytes_up = sum(len(m) for m in msgs)
         # 5. decode + validate + aggregate
         updates, weights, metas, rejected = [], [], [], []
+        if self.secagg is not None:  # secure aggregation: the server multiplies ciphertexts, the key authority
+            updates, weights, metas, rejected = self.secagg.aggregate(rnd, cohort, msgs)  # decrypts the mean
+            msgs = []  # nothing is decoded in the clear
         for k, m in zip(cohort, msgs):
             try:
                 upd, meta = self.decode_update(k, m)
+                wgt = self.algorithm.client_weight(meta)  # may validate the meta (e.g. per-class counts)
             except (wire.MessageError, ValueError) as e:
                 log.warning("round %d: rejected update from client %d: %s", rnd, k, e)
                 rejected.append({"client": k, "reason": str(e)})
                 continue
             updates.append(upd)
             metas.append(meta)
-            weights.append(self.algorithm.client_weight(meta))
+            weights.append(wgt)
         # 6. apply, evaluate, record
-        if updates:
-            agg = self.algorithm.aggregate(updates, weights)
-            st.opt_state = self.server_opt.step(st.params, agg, st.opt_state)
-        st.round = rnd
         rec: dict[str, Any] = {"round": rnd, "test_accuracy": None, "test_loss": None}
+        if updates:
+            if self.dp is not None:  # DP-FedAvg: clipped sum + noise over the cohort size
+                agg, dp_info = self.dp.aggregate(rnd, updates)
+                rec.update(dp_info)
+            elif self.aggregator.name != "mean" or self.aggregator.p.max_norm is not None:
+                agg = self.aggregator(updates, weights, self.algorithm)
+            else:
+                agg = self.algorithm.server_aggregate(st.params, updates, weights)
+            st.opt_state = self.server_opt.step(st.params, agg, st.opt_state)
+        if self.dp is not None and "epsilon" not in rec:
+            rec["epsilon"] = self.dp.epsilon(self.dp.state["rounds"])
+        st.round = rnd
         n_acc = sum(float(m["num_samples"]) for m in metas)
         rec["train_loss"] = (sum(float(m["train_loss"]) * float(m["num_samples"]) for m in metas) / n_acc) if n_acc else None
         if rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds:
             src = self.data.source
             rec["test_loss"], rec["test_accuracy"] = evaluate(self.model, st.params, self.buffers, src.test_x,
                                                               src.test_y, self.cfg.eval_batch_size, self.device)
-        rec.update(bytes_up=bytes_up, bytes_down=bytes_down, clients=len(cohort), reported=len(updates),
-                   rejected=rejected, seconds=time.perf_counter() - t0)
+        rec.update(bytes_up=bytes_up, bytes_down=bytes_down, clients=len(cohort), reported=len(metas),
+                   rejected=rejected, sampled_ids=plan.sampled,
+                   reported_ids=[c for c in cohort if c not in {r["client"] for r in rejected}],
+                   dropped=[{"client": c, "reason": r} for c, r in sorted(plan.dropped.items())],
+                   seconds=time.perf_counter() - t0)
+        if self.secagg is not None:
+            rec.update(self.secagg.round_info)
         self.metrics.write(rec)
+        every = self.cfg.checkpoint_every
+        if self.out_dir is not None and every and (rnd % every == 0 or rnd == self.cfg.rounds):
+            self.save_checkpoint()
         return rec
+
+    # -- checkpoint / resume -------------------------------------------------------------------------
+    def save_checkpoint(self) -> None:
+        """Everything needed to continue bit-identically (all other randomness is derived from seed+round)."""
+        st = self.state
+        ck = {"round": st.round, "params": st.params, "opt_state": st.opt_state, "algo_state": st.algo_state,
+              "dp_state": self.dp.state if self.dp is not None else None, "torch_rng": torch.get_rng_state(),
+              "config": dump_config(self.cfg)}
+        save_atomic(ck, self.out_dir / CHECKPOINT)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> "Simulation":
+        """Continue the run in ``run_dir`` from its last checkpoint; metrics after it are dropped and redone."""
+        from fedloom.config import load_config
+
+        run_dir = Path(run_dir)
+        if not (run_dir / CHECKPOINT).is_file():
+            raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT} to resume from")
+        cfg = load_config(run_dir / "config.yaml")
+        sim = cls(cfg)
+        ck = load_checkpoint(run_dir / CHECKPOINT)
+        for k, v in ck["params"].items():
+            sim.state.params[k].copy_(v)
+        sim.state.opt_state, sim.state.algo_state, sim.state.round = ck["opt_state"], ck["algo_state"], ck["round"]
+        if sim.dp is not None and ck["dp_state"] is not None:
+            sim.dp.state = ck["dp_state"]
+        torch.set_rng_state(ck["torch_rng"])
+        mpath = run_dir / "metrics.jsonl"
+        kept = [ln for ln in (mpath.read_text().splitlines() if mpath.exists() else [])
+                if ln.strip() and json.loads(ln)["round"] <= ck["round"]]
+        tmp = mpath.with_name(".metrics.jsonl.tmp")
+        tmp.write_text("".join(ln + "\n" for ln in kept))
+        os.replace(tmp, mpath)
+        sim.out_dir = run_dir
+        sim.metrics = MetricsWriter(mpath)
+        sim.metrics.records = [json.loads(ln) for ln in kept]
+        return sim
 
     def run(self) -> list[dict[str, Any]]:
         from tqdm.auto import tqdm

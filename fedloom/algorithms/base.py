@@ -110,7 +110,29 @@ class Algorithm:
         """Round-constant inputs of the local objective (same for every client; not vmapped)."""
         return {}
 
+    def client_inputs(self, task: Any, k: int) -> dict[str, torch.Tensor]:
+        """Per-client tensor inputs of the local objective (e.g. a HeteroFL width), merged into ``ctx``.
+
+        Every client must return the same keys and shapes: the vectorized engine stacks them along the cohort
+        axis and vmaps over them. ``task`` is the round's :class:`fedloom.engine.CohortTask`.
+        """
+        return {}
+
+    def client_meta(self, task: Any, k: int) -> dict[str, Any]:
+        """What client k reports next to its update (JSON-able; travels in the message meta), e.g. Fed2's
+        per-class sample counts."""
+        return {}
+
     # -- server side -------------------------------------------------------------------------------
+    def setup(self, model: torch.nn.Module) -> None:
+        """Called once with the architecture template before the first round, for algorithms whose
+        aggregation depends on the model's structure (Fed2's group layout, neuron matching). Default: nothing."""
+
+    def server_aggregate(self, global_params: Params, updates: list[Params], weights: list[Any]) -> Params:
+        """Step 5: the aggregated update H from decoded client updates. Most algorithms only need
+        :meth:`aggregate`; those that align client models to the current global one (matching) override this."""
+        return self.aggregate(updates, weights)
+
     def client_weight(self, out_meta: Mapping[str, Any]) -> float:
         return float(out_meta["num_samples"]) if self.p.weighting == "samples" else 1.0
 

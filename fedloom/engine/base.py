@@ -4,7 +4,7 @@ objective (or its arbitrary client code) for a cohort and return per-client outp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -13,6 +13,19 @@ from torch.func import functional_call
 from fedloom.algorithms.base import Algorithm, ClientOutput, LocalSchedule, Params, client_batches
 from fedloom.data.federated import FederatedData
 from fedloom.rng import torch_generator
+
+
+class Reparametrization(Protocol):
+    """Client training in a restricted space (e.g. Konecny et al.'s structured updates, :mod:`fedloom.codecs`).
+
+    Client k trains variables ``z`` starting from ``z0`` with per-client constants ``consts`` (both from
+    :meth:`client_init`); its loss sees the model ``expand(z, consts, global_params)``, and its update is
+    ``z - z0``. ``expand`` must be pure and vmap-safe: both engines call it, so they still agree.
+    """
+
+    def client_init(self, global_params: Params, client: int) -> tuple[Params, Params]: ...
+
+    def expand(self, z: Params, consts: Params, global_params: Params) -> Params: ...
 
 
 @dataclass
@@ -29,11 +42,27 @@ class CohortTask:
     seed: int
     round: int
     device: torch.device
+    reparam: Reparametrization | None = None  # None: train the model's parameters directly
 
     def batches(self, k: int) -> list[torch.Tensor]:
         """Client k's minibatches (local indices) for this round: the same in every engine."""
         n = len(self.data.client_indices[k])
         return client_batches(n, self.schedule, torch_generator(self.seed, "batches", self.round, k))
+
+
+def client_start(task: CohortTask, k: int) -> tuple[Params, Params]:
+    """Client k's trainable starting point and per-client constants: (broadcast model, {}) by default."""
+    if task.reparam is None:
+        return task.params, {}
+    return task.reparam.client_init(task.params, k)
+
+
+def client_objective(task: CohortTask, forward, ctx):
+    """The algorithm's functional loss as a function of (trainable z, per-client constants, x, y, w)."""
+    alg, rp, gp = task.algorithm, task.reparam, task.params
+    if rp is None:
+        return lambda p, c, x, y, w: alg.client_loss(forward, p, x, y, w, ctx)
+    return lambda z, c, x, y, w: alg.client_loss(forward, rp.expand(z, c, gp), x, y, w, ctx)
 
 
 class Engine:

@@ -11,7 +11,7 @@ import torch
 from torch.func import grad
 
 from fedloom.algorithms.base import ClientOutput
-from fedloom.engine.base import CohortTask, Engine, make_forward, sgd_step_
+from fedloom.engine.base import CohortTask, Engine, client_objective, client_start, make_forward, sgd_step_
 from fedloom.registry import ENGINES
 
 
@@ -19,10 +19,11 @@ def local_sgd(task: CohortTask, k: int) -> ClientOutput:
     """Client k's local SGD on the algorithm's functional loss, starting from the broadcast model."""
     alg, sched = task.algorithm, task.schedule
     forward = make_forward(task.model, task.buffers)
-    ctx = alg.client_context(task.params)
-    params = {n: p.detach().clone() for n, p in task.params.items()}
+    ctx = {**alg.client_context(task.params), **alg.client_inputs(task, k)}
+    z0, consts = client_start(task, k)
+    params = {n: p.detach().clone() for n, p in z0.items()}
     bufs = {n: torch.zeros_like(p) for n, p in params.items()} if sched.momentum else None
-    gfn = grad(lambda p, x, y, w: alg.client_loss(forward, p, x, y, w, ctx), has_aux=True)
+    gfn = grad(client_objective(task, forward, ctx), has_aux=True)
     idx = task.data.client_indices[k]
     x_all = task.data.source.train_x
     y_all = task.data.source.train_y
@@ -33,13 +34,13 @@ def local_sgd(task: CohortTask, k: int) -> ClientOutput:
         x = x_all[g_idx].to(task.device, non_blocking=True)
         y = y_all[g_idx].to(task.device, non_blocking=True)
         w = torch.ones(len(b), device=task.device)
-        grads, (lw, sw) = gfn(params, x, y, w)
+        grads, (lw, sw) = gfn(params, consts, x, y, w)
         sgd_step_(params, grads, bufs, sched)
         lw_sum += lw
         w_sum += sw
-    update = {n: params[n] - task.params[n] for n in params}
+    update = {n: params[n] - z0[n] for n in params}
     loss = float(lw_sum / w_sum.clamp_min(1.0))
-    return ClientOutput(update, len(idx), loss)
+    return ClientOutput(update, len(idx), loss, alg.client_meta(task, k))
 
 
 @ENGINES.register("sequential", None, "reference engine: clients one after another; runs any client code")

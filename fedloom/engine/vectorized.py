@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch.func import grad, vmap
 
 from fedloom.algorithms.base import ClientOutput
-from fedloom.engine.base import CohortTask, Engine, make_forward, sgd_step_
+from fedloom.engine.base import CohortTask, Engine, client_objective, client_start, make_forward, sgd_step_
 from fedloom.registry import ENGINES
 
 
@@ -79,20 +79,33 @@ class VectorizedEngine(Engine):
 
         forward = make_forward(task.model, task.buffers)
         ctx = alg.client_context(task.params)
-        params = {n: p.detach().unsqueeze(0).repeat(C, *([1] * p.dim())) for n, p in task.params.items()}
+        if task.reparam is None:
+            z0 = {n: p.detach().unsqueeze(0).expand(C, *p.shape) for n, p in task.params.items()}
+            consts: dict = {}
+        else:  # restricted training (fedloom.codecs structured updates): per-client z0 and constants, stacked
+            starts = [client_start(task, k) for k in clients]
+            z0 = {n: torch.stack([s[0][n] for s in starts]) for n in starts[0][0]}
+            consts = {n: torch.stack([s[1][n] for s in starts]) for n in starts[0][1]}
+        params = {n: p.detach().clone(memory_format=torch.contiguous_format) for n, p in z0.items()}
         bufs = {n: torch.zeros_like(p) for n, p in params.items()} if sched.momentum else None
-        step = vmap(grad(lambda p, x, y, w: alg.client_loss(forward, p, x, y, w, ctx), has_aux=True))
+        # per-client inputs of the objective (e.g. a width mask), stacked along the cohort axis and vmapped
+        per_client = [alg.client_inputs(task, k) for k in clients]
+        cin = {n: torch.stack([pc[n] for pc in per_client]).to(dev) for n in per_client[0]} if per_client else {}
+        step = vmap(grad(lambda p, c, x, y, w, ci: client_objective(task, forward, {**ctx, **ci})(p, c, x, y, w),
+                         has_aux=True))
         lw_sum = torch.zeros(C, device=dev)
         w_sum = torch.zeros(C, device=dev)
         for s in range(S):
             g = gidx[:, s]
-            grads, (lw, sw) = step(params, x_all[g], y_all[g], wts[:, s])
+            grads, (lw, sw) = step(params, consts, x_all[g], y_all[g], wts[:, s], cin)
             sgd_step_(params, grads, bufs, sched, None if all_active else active[:, s])
             lw_sum += lw
             w_sum += sw
         losses = (lw_sum / w_sum.clamp_min(1.0)).tolist()
         outs = []
+        for n in params:  # updates in place: params becomes z - z0, sliced per client without copies
+            params[n].sub_(z0[n])
         for c, k in enumerate(clients):
-            upd = {n: params[n][c] - task.params[n] for n in params}
-            outs.append(ClientOutput(upd, len(task.data.client_indices[k]), losses[c]))
+            upd = {n: params[n][c] for n in params}
+            outs.append(ClientOutput(upd, len(task.data.client_indices[k]), losses[c], alg.client_meta(task, k)))
         return outs

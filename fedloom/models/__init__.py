@@ -74,3 +74,6 @@ def vmap_unsafe_reason(model: nn.Module) -> str | None:
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             return f"module {name or type(m).__name__!r} is BatchNorm (running statistics are updated in place)"
     return None
+
+
+from fedloom.models import grouped  # noqa: E402,F401  (registration: grouped_mlp, grouped_cnn)
