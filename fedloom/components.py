@@ -4,5 +4,6 @@ import fedloom.algorithms  # noqa: F401
 import fedloom.codecs  # noqa: F401
 import fedloom.data.datasets  # noqa: F401
 import fedloom.data.partition  # noqa: F401
+import fedloom.data.text  # noqa: F401
 import fedloom.engine  # noqa: F401
 import fedloom.models  # noqa: F401

@@ -152,6 +152,15 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
             field = "privacy" if cfg.privacy is not None else "aggregator.name"
             errors.append(f"{field}: algorithm {cfg.algorithm.name!r} aggregates its own way (structured or "
                           "aligned averaging); robust rules and DP-FedAvg need the plain weighted mean")
+    sa = cfg.secure_aggregation
+    if sa is not None and sa.enabled:
+        if cfg.codecs:
+            errors.append("secure_aggregation: cannot be combined with codecs (encryption replaces the codec chain)")
+        if cfg.privacy is not None:
+            errors.append("secure_aggregation: cannot be combined with privacy (DP-FedAvg needs plaintext updates)")
+        if cfg.aggregator.name != "mean" or cfg.aggregator.params.get("max_norm") is not None:
+            errors.append("secure_aggregation: only the weighted mean can be computed on ciphertexts; "
+                          f"aggregator {cfg.aggregator.name!r} needs plaintext updates")
     if cfg.privacy is not None and cfg.aggregator.name != "mean":
         errors.append(f"aggregator.name: DP-FedAvg (privacy) aggregates by clipped mean; got {cfg.aggregator.name!r}")
     if cfg.cohort_size > cfg.data.num_clients:
@@ -201,21 +210,36 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
         if not sep or not key:
             errors.append(f"override {ov!r}: expected key=value, e.g. rounds=3 or data.partition.alpha=0.1")
             continue
-        node = out
+        node: Any = out
         parts = key.split(".")
         for part in parts[:-1]:
+            if isinstance(node, list):  # e.g. codecs.1.bits=3
+                if not part.isdigit() or int(part) >= len(node):
+                    errors.append(f"override {ov!r}: {part!r} is not an index of a {len(node)}-entry list")
+                    break
+                i = int(part)
+                if isinstance(node[i], str):
+                    node[i] = {"name": node[i]}
+                node = node[i]
+                continue
             nxt = node.get(part)
             if isinstance(nxt, str):  # a component given by name: expand to a mapping to set a parameter
                 nxt = {"name": nxt}
             elif nxt is None:
                 nxt = {}
-            elif not isinstance(nxt, dict):
+            elif not isinstance(nxt, (dict, list)):
                 errors.append(f"override {ov!r}: {part!r} is not a section")
                 break
             node[part] = nxt
             node = nxt
         else:
-            node[parts[-1]] = parse_value(val)
+            if isinstance(node, list):
+                if not parts[-1].isdigit() or int(parts[-1]) >= len(node):
+                    errors.append(f"override {ov!r}: {parts[-1]!r} is not an index of a {len(node)}-entry list")
+                    continue
+                node[int(parts[-1])] = parse_value(val)
+            else:
+                node[parts[-1]] = parse_value(val)
     if errors:
         raise ConfigError(errors)
     return out

@@ -60,7 +60,7 @@ def evaluate(model, params, buffers, x: torch.Tensor, y: torch.Tensor, batch_siz
             logits = functional_call(model, (params, buffers), (xb,))
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
-    n = max(len(x), 1)
+    n = max(y.numel(), 1)  # targets, not rows: per-position targets [N, T] count every position
     return loss_sum / n, correct / n
 
 

@@ -102,6 +102,8 @@ class Algorithm:
         Returns (loss, (sum of per-sample losses * w, sum of w)) -- the aux feeds the reported train loss.
         """
         losses = F.cross_entropy(forward(params, x), y, reduction="none")
+        if losses.dim() > 1:  # per-position targets (logits [B, C, d1..], y [B, d1..]): mean over positions
+            losses = losses.flatten(1).mean(1)
         lw = (losses * w).sum()
         sw = w.sum()
         return lw / sw.clamp_min(1.0), (lw.detach(), sw.detach())

@@ -5,3 +5,5 @@ from fedloom.data.federated import FederatedData, build_federated
 from fedloom.data.partition import partition
 
 __all__ = ["DataSource", "DataUnavailable", "FederatedData", "build_federated", "load_dataset", "partition"]
+
+from fedloom.data import text  # noqa: E402,F401  (registration: shakespeare, shakespeare_genre)

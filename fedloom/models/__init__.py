@@ -73,7 +73,10 @@ def vmap_unsafe_reason(model: nn.Module) -> str | None:
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             return f"module {name or type(m).__name__!r} is BatchNorm (running statistics are updated in place)"
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
+            return f"module {name or type(m).__name__!r} is Dropout with p={m.p} (random draws under vmap)"
     return None
 
 
 from fedloom.models import grouped  # noqa: E402,F401  (registration: grouped_mlp, grouped_cnn)
+from fedloom.models import lstm, transformer  # noqa: E402,F401  (registration: lstm, transformer)

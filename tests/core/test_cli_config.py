@@ -58,6 +58,23 @@ def test_overrides_expand_component_names():
     assert raw == {"data": {"partition": "iid"}}
 
 
+def test_overrides_index_lists():
+    raw = {"codecs": [{"name": "hadamard"}, "quantize"]}
+    out = apply_overrides(raw, ["codecs.1.bits=3", "codecs.0.layers=inner"])
+    assert out["codecs"] == [{"name": "hadamard", "layers": "inner"}, {"name": "quantize", "bits": 3}]
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides(raw, ["codecs.5.bits=3"])
+    with pytest.raises(ConfigError, match="codecs.0.bits"):
+        validate_config(apply_overrides({"codecs": [{"name": "quantize", "bits": 2}]}, ["codecs.0.bits=0"]))
+
+
+def test_secure_aggregation_conflicts_rejected():
+    with pytest.raises(ConfigError, match="secure_aggregation: cannot be combined with codecs"):
+        validate_config({"secure_aggregation": {"key_bits": 1024}, "codecs": [{"name": "quantize", "bits": 2}]})
+    with pytest.raises(ConfigError, match="secure_aggregation: only the weighted mean"):
+        validate_config({"secure_aggregation": {"key_bits": 1024}, "aggregator": "median"})
+
+
 def test_resolved_config_has_component_defaults():
     cfg = validate_config({"algorithm": "fedprox"})
     assert cfg.algorithm.params == {"weighting": "samples", "mu": 0.01}
