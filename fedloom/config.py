@@ -131,17 +131,10 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
         comp: Component = _get(cfg, path)
         if comp is None:  # an optional component that is off
             continue
-        if comp.name not in reg:
-            errors.append(f"{path}.name: unknown {reg.kind} {comp.name!r}; allowed: {', '.join(reg.names())}")
-            continue
-        try:
-            p = reg.entry(comp.name).params.model_validate(comp.params)
-        except ValidationError as e:
-            errors += [f"{_fmt_loc(path, err['loc'])}: {err['msg']}" for err in e.errors()]
-            continue
-        resolved = Component(name=comp.name, **p.model_dump())
-        parent, _, leaf = path.rpartition(".")
-        setattr(_get(cfg, parent) if parent else cfg, leaf, resolved)
+        resolved = _validate_component(path, comp, reg, errors)
+        if resolved is not None:
+            parent, _, leaf = path.rpartition(".")
+            setattr(_get(cfg, parent) if parent else cfg, leaf, resolved)
     errors += _validate_codecs(cfg)
     alg_cls = R.ALGORITHMS.get(cfg.algorithm.name) if cfg.algorithm.name in R.ALGORITHMS else None
     if alg_cls is not None and (cfg.privacy is not None or cfg.aggregator.name != "mean"
@@ -170,23 +163,26 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def _validate_component(path: str, comp: Component, reg: R.Registry, errors: list[str]) -> Component | None:
+    """``comp`` checked against ``reg`` and its own params model: the resolved component (defaults filled in),
+    or None with messages naming ``path`` appended to ``errors``."""
+    if comp.name not in reg:
+        errors.append(f"{path}.name: unknown {reg.kind} {comp.name!r}; allowed: {', '.join(reg.names())}")
+        return None
+    try:
+        p = reg.entry(comp.name).params.model_validate(comp.params)
+    except ValidationError as e:
+        errors += [f"{_fmt_loc(path, err['loc'])}: {err['msg']}" for err in e.errors()]
+        return None
+    return Component(name=comp.name, **p.model_dump())
+
+
 def _validate_codecs(cfg: RunConfig) -> list[str]:
     """Each ``codecs.<i>`` entry against the codec registry, then the chain's composition rules."""
     from fedloom.codecs import CODECS, chain_errors
 
     errors: list[str] = []
-    resolved = []
-    for i, comp in enumerate(cfg.codecs):
-        path = f"codecs.{i}"
-        if comp.name not in CODECS:
-            errors.append(f"{path}.name: unknown {CODECS.kind} {comp.name!r}; allowed: {', '.join(CODECS.names())}")
-            continue
-        try:
-            p = CODECS.entry(comp.name).params.model_validate(comp.params)
-        except ValidationError as e:
-            errors += [f"{_fmt_loc(path, err['loc'])}: {err['msg']}" for err in e.errors()]
-            continue
-        resolved.append(Component(name=comp.name, **p.model_dump()))
+    resolved = [_validate_component(f"codecs.{i}", comp, CODECS, errors) for i, comp in enumerate(cfg.codecs)]
     if not errors:
         cfg.codecs = resolved
         errors += chain_errors([(c.name, c.params) for c in resolved])

@@ -65,6 +65,16 @@ def sinusoidal_encoding(length: int, d_model: int) -> torch.Tensor:
     return pe.float()
 
 
+def noam_lr(step: int, d_model: int, warmup: int = 4000) -> float:
+    """The paper's learning rate (section 5.3, eq. 3): d_model^-0.5 * min(step^-0.5, step * warmup^-1.5).
+
+    Rises linearly for ``warmup`` steps, then decays as step^-0.5; ``step`` counts from 1. Use it as the
+    multiplier of a ``torch.optim.lr_scheduler.LambdaLR`` over an optimizer with base lr 1.
+    """
+    step = max(int(step), 1)
+    return d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
+
+
 class MultiHeadAttention(nn.Module):
     """h heads of scaled dot-product attention on d_model / h dimensions each, then W^O (section 3.2.2)."""
 

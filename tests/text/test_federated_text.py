@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.func import functional_call
 
 from fedloom.config import validate_config
 from fedloom.data import DataUnavailable
@@ -51,9 +52,6 @@ def test_per_position_accuracy_counts_every_target():
     rec = sim.run()[-1]
     src = sim.data.source
     with torch.no_grad():
-        logits = sim.model(src.test_x)  # template parameters = the initial ones? use the final state instead
-        from torch.func import functional_call
-
         logits = functional_call(sim.model, (sim.state.params, sim.buffers), (src.test_x,))
     acc = float((logits.argmax(1) == src.test_y).float().mean())
     assert rec["test_accuracy"] == pytest.approx(acc, abs=1e-6)
@@ -61,14 +59,15 @@ def test_per_position_accuracy_counts_every_target():
 
 
 def test_tiny_federated_run_improves_next_char_accuracy():
-    sim = Simulation(_cfg(rounds=8, eval_every=1, server_optimizer={"name": "adam", "lr": 0.01}))
+    sim = Simulation(_cfg(rounds=12, cohort_size=6, client={"lr": 0.5, "batch_size": 8, "epochs": 2}))
     from fedloom.simulation import evaluate
 
     src = sim.data.source
     _, acc0 = evaluate(sim.model, sim.state.params, sim.buffers, src.test_x, src.test_y, 4096, sim.device)
+    unigram = float(torch.bincount(src.test_y.flatten()).max()) / src.test_y.numel()  # always guess ' '
     recs = sim.run()
     assert recs[-1]["test_accuracy"] > acc0 + 0.08
-    assert recs[-1]["test_accuracy"] > 0.2  # beyond predicting the most frequent character (space, ~17%)
+    assert recs[-1]["test_accuracy"] > unigram + 0.04  # learnt context, not just the commonest character
     assert recs[-1]["bytes_up"] > 0
 
 

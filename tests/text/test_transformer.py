@@ -94,3 +94,12 @@ def test_lstm_is_leaf_shakespeare_model():
     assert m.embed.weight.shape == (V, 8)
     assert m.lstm.hidden_size == 256 and m.lstm.num_layers == 2
     assert m(torch.randint(0, V, (2, 80))).shape == (2, V)
+
+
+def test_noam_schedule_matches_formula_and_peaks_at_warmup():
+    from fedloom.models.transformer import noam_lr
+
+    for step in (1, 10, 3999, 4000, 4001, 100_000):
+        assert noam_lr(step, 512) == pytest.approx(512 ** -0.5 * min(step ** -0.5, step * 4000 ** -1.5))
+    lrs = [noam_lr(s, 128, 100) for s in range(1, 400)]
+    assert max(range(len(lrs)), key=lrs.__getitem__) + 1 == 100

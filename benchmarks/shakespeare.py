@@ -1,0 +1,217 @@
+"""Federated Transformer on Shakespeare by speaking role (issue 8; Vaswani et al. 2017, papers.md section 8).
+
+Next-character prediction, clients = (play, role) (LEAF's Shakespeare split, :mod:`fedloom.data.text`). Every
+method sees the same clients, the same training windows and the same number of sample-gradients:
+
+* fedavg-transformer  -- decoder-only Transformer (default: 2 layers, d_model 128, 4 heads, d_ff 512, post-LN,
+  tied embeddings), client SGD, server W <- W + H (McMahan et al.)
+* fedadam-transformer -- the same, server Adam on the averaged update (Reddi et al.'s FedAdam)
+* fedavg-lstm         -- LEAF's Shakespeare model (8-dim embedding, 2-layer LSTM of 256 units), client SGD
+* central-transformer -- the same Transformer trained on the pooled training windows of the same clients
+  with the paper's optimizer: Adam(0.9, 0.98, 1e-9) and lrate = d^-0.5 min(step^-0.5, step warmup^-1.5)
+  (:func:`fedloom.models.transformer.noam_lr`), for as many steps of the same batch size as the federated
+  runs take in total, evaluated at the matching points.
+
+Windows of ``seq_len`` characters with the next character predicted at every position (``targets='all'``;
+training windows are non-overlapping, stride = seq_len); accuracy = top-1 next-character accuracy over every
+held-out character (the last 10% of each client's text).
+
+Default (small) scale, recorded in ``benchmarks/results/shakespeare.md``: 20 clients, <=150 training windows
+(12k characters) each, 5 clients per round, 20 rounds, 1 local epoch of batch 16. About 6-8 minutes on one
+core. Full scale (all 124 roles with >= 10k characters, every window):
+
+    python benchmarks/shakespeare.py                                   # small scale (the recorded one)
+    python benchmarks/shakespeare.py --clients 124 --samples-per-client 0 --cohort 10 --rounds 200
+    python benchmarks/shakespeare.py --rounds 3 --only fedavg-transformer --name smoke    # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from fedloom.config import validate_config  # noqa: E402
+from fedloom.data.federated import build_federated  # noqa: E402
+from fedloom.models import build_model  # noqa: E402
+from fedloom.models.transformer import noam_lr  # noqa: E402
+from fedloom.rng import torch_generator  # noqa: E402
+from fedloom.simulation import Simulation, evaluate  # noqa: E402
+
+METHODS = ("fedavg-transformer", "fedadam-transformer", "fedavg-lstm", "central-transformer")
+
+
+def parse() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=20, help="first N (play, role) clients (sorted)")
+    ap.add_argument("--samples-per-client", type=int, default=150, help="training windows per client (0 = all)")
+    ap.add_argument("--seq-len", type=int, default=80)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--cohort", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--lr", type=float, default=0.5, help="client SGD lr (Transformer)")
+    ap.add_argument("--lstm-lr", type=float, default=1.0, help="client SGD lr (LSTM)")
+    ap.add_argument("--server-adam-lr", type=float, default=0.01)
+    ap.add_argument("--d-model", type=int, default=128)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--d-ff", type=int, default=512)
+    ap.add_argument("--warmup", type=int, default=200, help="central Adam warmup steps (paper: 4000)")
+    ap.add_argument("--eval-every", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--only", nargs="*", choices=METHODS, default=list(METHODS))
+    ap.add_argument("--name", default="shakespeare")
+    return ap.parse_args()
+
+
+def config(a, model: dict, server_opt, lr: float) -> dict:
+    return {"name": "shakespeare", "rounds": a.rounds, "cohort_size": a.cohort, "seed": a.seed, "threads": 1,
+            "progress": False, "checkpoint_every": 0, "eval_every": a.eval_every, "eval_batch_size": 1024,
+            "data": {"dataset": dataset_params(a), "partition": "natural", "num_clients": a.clients},
+            "model": model, "server_optimizer": server_opt,
+            "client": {"lr": lr, "batch_size": a.batch, "epochs": a.epochs}}
+
+
+def dataset_params(a) -> dict:
+    return {"name": "shakespeare", "targets": "all", "seq_len": a.seq_len, "stride": a.seq_len,
+            "max_clients": a.clients, "max_samples_per_client": a.samples_per_client or None}
+
+
+def transformer(a) -> dict:
+    return {"name": "transformer", "d_model": a.d_model, "heads": a.heads, "layers": a.layers, "d_ff": a.d_ff,
+            "per_position": True}
+
+
+def run_federated(a, data, model: dict, server_opt, lr: float) -> tuple[list[dict], int]:
+    sim = Simulation(validate_config(config(a, model, server_opt, lr)), data=data)
+    recs = sim.run()
+    steps = sum(sim.schedule.num_steps(len(data.client_indices[k])) for r in recs for k in r["reported_ids"])
+    return [{k: r[k] for k in ("round", "test_accuracy", "test_loss", "train_loss", "bytes_up", "bytes_down",
+                               "seconds")} for r in recs], steps
+
+
+def run_central(a, data, total_steps: int, steps_per_round: float) -> list[dict]:
+    """The same Transformer on the pooled windows, Adam + the paper's warmup schedule (section 5.3)."""
+    src = data.source
+    torch.manual_seed(a.seed)
+    m = build_model("transformer", {k: v for k, v in transformer(a).items() if k != "name"},
+                    src.input_shape, src.num_classes)
+    opt = torch.optim.Adam(m.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: noam_lr(s + 1, a.d_model, a.warmup))
+    pooled = torch.cat(data.client_indices)
+    gen = torch_generator(a.seed, "central")
+    recs, step, t0, stream = [], 0, time.perf_counter(), torch.empty(0, dtype=torch.int64)
+    for rnd in range(1, a.rounds + 1):
+        until = round(rnd * steps_per_round)
+        while step < until:
+            if len(stream) < a.batch:  # a stream of fresh permutations of the pooled windows
+                stream = torch.cat([stream, pooled[torch.randperm(len(pooled), generator=gen)]])
+            b, stream = stream[: a.batch], stream[a.batch :]
+            loss = F.cross_entropy(m(src.train_x[b]), src.train_y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+        if rnd % a.eval_every == 0 or rnd == a.rounds:
+            params = dict(m.named_parameters())
+            tl, acc = evaluate(m, params, dict(m.named_buffers()), src.test_x, src.test_y, 1024, torch.device("cpu"))
+            recs.append({"round": rnd, "test_accuracy": acc, "test_loss": tl, "steps": step,
+                         "seconds": time.perf_counter() - t0})
+    return recs
+
+
+def last(recs: list[dict]) -> float:
+    accs = [r["test_accuracy"] for r in recs if r.get("test_accuracy") is not None]
+    return accs[-1]
+
+
+def main() -> None:
+    a = parse()
+    torch.set_num_threads(1)
+    data = build_federated("shakespeare", {k: v for k, v in dataset_params(a).items() if k != "name"},
+                           a.clients, "natural", None, a.seed)
+    src = data.source
+    print(f"{data.num_clients} clients, {len(torch.cat(data.client_indices))} training windows, "
+          f"{src.test_y.numel()} test characters", flush=True)
+    runs: dict[str, dict] = {}
+    steps_total = None
+    plan = {"fedavg-transformer": (transformer(a), "sgd", a.lr),
+            "fedadam-transformer": (transformer(a), {"name": "adam", "lr": a.server_adam_lr}, a.lr),
+            "fedavg-lstm": ({"name": "lstm", "per_position": True}, "sgd", a.lstm_lr)}
+    for name in [m for m in METHODS if m in a.only and m in plan]:
+        t = time.perf_counter()
+        recs, steps = run_federated(a, data, *plan[name])
+        steps_total = steps_total or steps
+        runs[name] = {"records": recs, "seconds": time.perf_counter() - t, "client_steps": steps}
+        print(f"{name}: acc {last(recs):.4f} ({runs[name]['seconds']:.0f}s, {steps} client steps)", flush=True)
+    if "central-transformer" in a.only:
+        if steps_total is None:  # no federated run to match: the expected count for full cohorts
+            per = sum(-(-len(i) // a.batch) * a.epochs for i in data.client_indices) / data.num_clients
+            steps_total = round(per * a.cohort * a.rounds)
+        t = time.perf_counter()
+        recs = run_central(a, data, steps_total, steps_total / a.rounds)
+        runs["central-transformer"] = {"records": recs, "seconds": time.perf_counter() - t, "client_steps": steps_total}
+        print(f"central-transformer: acc {last(recs):.4f} ({runs['central-transformer']['seconds']:.0f}s)", flush=True)
+    out = ROOT / "benchmarks" / "results"
+    meta = {"args": vars(a), "machine": f"{platform.machine()} CPU, torch {torch.__version__}, 1 thread",
+            "date": time.strftime("%Y-%m-%d"), "clients": src.info["clients"],
+            "train_windows": int(len(torch.cat(data.client_indices))), "test_characters": int(src.test_y.numel()),
+            "unigram_accuracy": float(torch.bincount(src.test_y.flatten()).max()) / src.test_y.numel()}
+    (out / f"{a.name}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
+    plot(runs, out / f"{a.name}.png")
+    print(table(runs, meta))
+
+
+def plot(runs: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in runs.items():
+        ev = [x for x in r["records"] if x.get("test_accuracy") is not None]
+        ax1.plot([x["round"] for x in ev], [x["test_accuracy"] for x in ev], marker=".", label=name,
+                 ls="--" if name.startswith("central") else "-")
+        if not name.startswith("central"):
+            cum, total = {}, 0
+            for x in r["records"]:
+                total += x["bytes_up"] + x["bytes_down"]
+                cum[x["round"]] = total / 1e6
+            ax2.plot([cum[x["round"]] for x in ev], [x["test_accuracy"] for x in ev], marker=".", label=name)
+    ax1.set(xlabel="round (central: equal number of batch-16 steps)", ylabel="next-char top-1 accuracy",
+            title="accuracy vs round")
+    ax2.set(xlabel="cumulative MB on the wire (up + down)", ylabel="next-char top-1 accuracy", title="accuracy vs bytes")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def table(runs: dict, meta: dict) -> str:
+    rows = ["| method | final next-char acc | vs central | total MB (up+down) | client steps | seconds |",
+            "|---|---|---|---|---|---|"]
+    central = last(runs["central-transformer"]["records"]) if "central-transformer" in runs else None
+    for name, r in runs.items():
+        acc = last(r["records"])
+        mb = sum(x.get("bytes_up", 0) + x.get("bytes_down", 0) for x in r["records"]) / 1e6
+        rel = f"{acc / central:.1%}" if central else "-"
+        rows.append(f"| {name} | {acc:.4f} | {rel} | {mb:.1f} | {r['client_steps']} | {r['seconds']:.0f} |")
+    rows.append(f"\nUnigram baseline (always the commonest character): {meta['unigram_accuracy']:.4f}")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    main()
