@@ -1,9 +1,10 @@
-"""fedloom command line: ``run``, ``list``, ``report``.
+"""fedloom command line: ``run``, ``list``, ``report``, ``train-dp``.
 
     fedloom run CONFIG [key=value ...] [--out DIR]
     fedloom run --resume RUN_DIR
     fedloom list
     fedloom report RUN_DIR [RUN_DIR ...] [--out DIR]
+    torchrun --nproc-per-node K $(which fedloom) train-dp algorithm=local local_steps=8 [key=value ...]
 
 Exit status 2 for a bad config or bad arguments (nothing is written), 1 for a missing data source.
 """
@@ -112,6 +113,12 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train_dp(a: argparse.Namespace) -> int:
+    from fedloom.distributed.launch import main as train_dp
+
+    return train_dp(a.fields)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fedloom", description="federated learning simulation")
     ap.add_argument("-v", "--verbose", action="store_true")
@@ -127,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("run_dirs", nargs="+")
     rp.add_argument("--out", help="where to write the plots (default: the first run dir)")
     rp.set_defaults(fn=_cmd_report)
+    # -- data-parallel local SGD on torch.distributed (fedloom.distributed; launch under torchrun) --
+    dp = sub.add_parser("train-dp", help="data-parallel (local) SGD on torch.distributed; run under torchrun",
+                        description="key=value fields of fedloom.distributed.local_sgd.DPConfig, plus out=DIR")
+    dp.add_argument("fields", nargs="*")
+    dp.set_defaults(fn=_cmd_train_dp)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return a.fn(a)

@@ -23,7 +23,8 @@ import json
 import os
 import sys
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -66,6 +67,26 @@ def train_rank(rank: int, world: int, cfg_dict: dict) -> dict:
     return train(DPConfig(**cfg_dict))
 
 
+def run_jobs(rank: int, world: int, jobs: list[tuple[str, dict]]) -> list[Any]:
+    """Spawn target running several jobs on one set of ranks (process start-up is paid once):
+    ``("train", DPConfig mapping)`` or ``("simulation", raw RunConfig mapping)`` (returns the final params)."""
+    from fedloom.config import validate_config
+    from fedloom.simulation import Simulation
+
+    out = []
+    for kind, spec in jobs:
+        if kind == "train":
+            out.append(train_rank(rank, world, spec))
+        elif kind == "simulation":
+            sim = Simulation(validate_config(spec))
+            sim.run()
+            out.append({k: v.detach().cpu().clone() for k, v in sim.state.params.items()})
+        else:
+            raise ValueError(f"unknown job kind {kind!r}")
+        dist.barrier()
+    return out
+
+
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
     """``key=value`` pairs (values read as YAML) into a DPConfig mapping; a bad field exits with status 2."""
     from fedloom.config import parse_value
@@ -97,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     backend = default_backend()
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend)
     try:
         try:

@@ -83,7 +83,7 @@ class DPConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="evaluate the averaged model every N steps (0 = only at the end)")
 
     @model_validator(mode="after")
-    def _check(self) -> "DPConfig":
+    def _check(self) -> DPConfig:
         if self.local_steps <= 0:
             raise ValueError(f"local_steps: H must be >= 1, got {self.local_steps}")
         if self.global_every <= 0:
@@ -187,8 +187,12 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 4096)
 
 
 def _torch_averager(cfg: DPConfig, world: int):
-    from torch.distributed.algorithms.model_averaging.averagers import PeriodicModelAverager
-    from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import HierarchicalModelAverager
+    from torch.distributed.algorithms.model_averaging.averagers import (
+        PeriodicModelAverager,
+    )
+    from torch.distributed.algorithms.model_averaging.hierarchical_model_averager import (
+        HierarchicalModelAverager,
+    )
 
     if cfg.algorithm == "minibatch":
         return None

@@ -16,14 +16,22 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fedloom.distributed.local_sgd import BatchStream, DPConfig, build, evaluate, lr_at, sync_kind
+from fedloom.distributed.local_sgd import (
+    BatchStream,
+    DPConfig,
+    build,
+    evaluate,
+    lr_at,
+    sync_kind,
+)
 
 
 def simulate(cfg: DPConfig, world_size: int, *, loss_fn=None, on_step=None) -> dict[str, Any]:
     """Run ``cfg`` with ``world_size`` simulated workers; returns the final averaged model and counts.
 
     ``on_step(t, avg_params)`` is called after every step with the workers' average (the x_bar_t of Stich's
-    analysis) when given; ``loss_fn(model, x, y)`` replaces mean cross-entropy.
+    analysis) when given; returning True stops the run there. ``loss_fn(model, x, y)`` replaces mean
+    cross-entropy.
     """
     cfg.check_world(world_size)
     K, dev = world_size, torch.device("cpu")
@@ -55,8 +63,8 @@ def simulate(cfg: DPConfig, world_size: int, *, loss_fn=None, on_step=None) -> d
                 _average([list(workers[k].parameters()) for k in grp])
         if kind:
             counts[kind] += 1
-        if on_step is not None:
-            on_step(t, _mean_params(workers))
+        if on_step is not None and on_step(t, _mean_params(workers)) is True:  # early stop (benchmarks)
+            break
     final = _mean_params(workers)
     with torch.no_grad():
         for p, v in zip(model0.parameters(), final):
