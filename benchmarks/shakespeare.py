@@ -11,6 +11,11 @@ method sees the same clients, the same training windows and the same number of s
   with the paper's optimizer: Adam(0.9, 0.98, 1e-9) and lrate = d^-0.5 min(step^-0.5, step warmup^-1.5)
   (:func:`fedloom.models.transformer.noam_lr`), for as many steps of the same batch size as the federated
   runs take in total, evaluated at the matching points.
+* central-transformer-sgd -- the same, with the clients' optimizer (plain SGD, same lr): what federation
+  alone costs.
+
+Output embeddings are untied by default (``--tie`` restores the paper's tying): with plain SGD the tied,
+sqrt(d_model)-scaled embedding stalls at the unigram plateau at this scale (see the results page).
 
 Windows of ``seq_len`` characters with the next character predicted at every position (``targets='all'``;
 training windows are non-overlapping, stride = seq_len); accuracy = top-1 next-character accuracy over every
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import platform
 import sys
 import time
@@ -40,14 +46,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from fedloom.config import validate_config  # noqa: E402
-from fedloom.data.federated import build_federated  # noqa: E402
-from fedloom.models import build_model  # noqa: E402
-from fedloom.models.transformer import noam_lr  # noqa: E402
-from fedloom.rng import torch_generator  # noqa: E402
-from fedloom.simulation import Simulation, evaluate  # noqa: E402
+from fedloom.config import validate_config
+from fedloom.data.federated import build_federated
+from fedloom.models import build_model
+from fedloom.models.transformer import noam_lr
+from fedloom.rng import torch_generator
+from fedloom.simulation import Simulation, evaluate
 
-METHODS = ("fedavg-transformer", "fedadam-transformer", "fedavg-lstm", "central-transformer")
+METHODS = ("fedavg-transformer", "fedadam-transformer", "fedavg-lstm", "central-transformer",
+           "central-transformer-sgd")
 
 
 def parse() -> argparse.Namespace:
@@ -59,13 +66,15 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--cohort", type=int, default=5)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--lr", type=float, default=0.5, help="client SGD lr (Transformer)")
+    ap.add_argument("--lr", type=float, default=0.2, help="client SGD lr (Transformer; also central-sgd)")
     ap.add_argument("--lstm-lr", type=float, default=1.0, help="client SGD lr (LSTM)")
     ap.add_argument("--server-adam-lr", type=float, default=0.01)
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--d-ff", type=int, default=512)
+    ap.add_argument("--tie", action="store_true", help="tie output and input embeddings (the paper; stalls "
+                    "under SGD at this scale, see results)")
     ap.add_argument("--warmup", type=int, default=200, help="central Adam warmup steps (paper: 4000)")
     ap.add_argument("--eval-every", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
@@ -89,7 +98,7 @@ def dataset_params(a) -> dict:
 
 def transformer(a) -> dict:
     return {"name": "transformer", "d_model": a.d_model, "heads": a.heads, "layers": a.layers, "d_ff": a.d_ff,
-            "per_position": True}
+            "per_position": True, "tie_embeddings": a.tie}
 
 
 def run_federated(a, data, model: dict, server_opt, lr: float) -> tuple[list[dict], int]:
@@ -100,14 +109,19 @@ def run_federated(a, data, model: dict, server_opt, lr: float) -> tuple[list[dic
                                "seconds")} for r in recs], steps
 
 
-def run_central(a, data, total_steps: int, steps_per_round: float) -> list[dict]:
-    """The same Transformer on the pooled windows, Adam + the paper's warmup schedule (section 5.3)."""
+def run_central(a, data, total_steps: int, steps_per_round: float, paper_adam: bool = True) -> list[dict]:
+    """The same Transformer on the pooled windows: Adam + the paper's warmup schedule (section 5.3), or the
+    clients' plain SGD (same lr and batch)."""
     src = data.source
     torch.manual_seed(a.seed)
     m = build_model("transformer", {k: v for k, v in transformer(a).items() if k != "name"},
                     src.input_shape, src.num_classes)
-    opt = torch.optim.Adam(m.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: noam_lr(s + 1, a.d_model, a.warmup))
+    if paper_adam:
+        opt = torch.optim.Adam(m.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: noam_lr(s + 1, a.d_model, a.warmup))
+    else:
+        opt = torch.optim.SGD(m.parameters(), lr=a.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     pooled = torch.cat(data.client_indices)
     gen = torch_generator(a.seed, "central")
     recs, step, t0, stream = [], 0, time.perf_counter(), torch.empty(0, dtype=torch.int64)
@@ -139,6 +153,7 @@ def last(recs: list[dict]) -> float:
 def main() -> None:
     a = parse()
     torch.set_num_threads(1)
+    logging.getLogger("fedloom").setLevel(logging.ERROR)  # the LSTM's engine fallback note is in the docs
     data = build_federated("shakespeare", {k: v for k, v in dataset_params(a).items() if k != "name"},
                            a.clients, "natural", None, a.seed)
     src = data.source
@@ -155,18 +170,20 @@ def main() -> None:
         steps_total = steps_total or steps
         runs[name] = {"records": recs, "seconds": time.perf_counter() - t, "client_steps": steps}
         print(f"{name}: acc {last(recs):.4f} ({runs[name]['seconds']:.0f}s, {steps} client steps)", flush=True)
-    if "central-transformer" in a.only:
-        if steps_total is None:  # no federated run to match: the expected count for full cohorts
-            per = sum(-(-len(i) // a.batch) * a.epochs for i in data.client_indices) / data.num_clients
-            steps_total = round(per * a.cohort * a.rounds)
+    if steps_total is None:  # no federated run to match: the expected count for full cohorts
+        per = sum(-(-len(i) // a.batch) * a.epochs for i in data.client_indices) / data.num_clients
+        steps_total = round(per * a.cohort * a.rounds)
+    for name, paper_adam in (("central-transformer", True), ("central-transformer-sgd", False)):
+        if name not in a.only:
+            continue
         t = time.perf_counter()
-        recs = run_central(a, data, steps_total, steps_total / a.rounds)
-        runs["central-transformer"] = {"records": recs, "seconds": time.perf_counter() - t, "client_steps": steps_total}
-        print(f"central-transformer: acc {last(recs):.4f} ({runs['central-transformer']['seconds']:.0f}s)", flush=True)
+        recs = run_central(a, data, steps_total, steps_total / a.rounds, paper_adam)
+        runs[name] = {"records": recs, "seconds": time.perf_counter() - t, "client_steps": steps_total}
+        print(f"{name}: acc {last(recs):.4f} ({runs[name]['seconds']:.0f}s)", flush=True)
     out = ROOT / "benchmarks" / "results"
     meta = {"args": vars(a), "machine": f"{platform.machine()} CPU, torch {torch.__version__}, 1 thread",
             "date": time.strftime("%Y-%m-%d"), "clients": src.info["clients"],
-            "train_windows": int(len(torch.cat(data.client_indices))), "test_characters": int(src.test_y.numel()),
+            "train_windows": len(torch.cat(data.client_indices)), "test_characters": int(src.test_y.numel()),
             "unigram_accuracy": float(torch.bincount(src.test_y.flatten()).max()) / src.test_y.numel()}
     (out / f"{a.name}.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=1))
     plot(runs, out / f"{a.name}.png")
@@ -201,13 +218,13 @@ def plot(runs: dict, path: Path) -> None:
 
 
 def table(runs: dict, meta: dict) -> str:
-    rows = ["| method | final next-char acc | vs central | total MB (up+down) | client steps | seconds |",
+    rows = ["| method | final next-char acc | vs central (Adam / SGD) | total MB (up+down) | client steps | seconds |",
             "|---|---|---|---|---|---|"]
-    central = last(runs["central-transformer"]["records"]) if "central-transformer" in runs else None
+    central = {n: last(runs[n]["records"]) for n in ("central-transformer", "central-transformer-sgd") if n in runs}
     for name, r in runs.items():
         acc = last(r["records"])
         mb = sum(x.get("bytes_up", 0) + x.get("bytes_down", 0) for x in r["records"]) / 1e6
-        rel = f"{acc / central:.1%}" if central else "-"
+        rel = " / ".join(f"{acc / c:.1%}" for c in central.values()) or "-"
         rows.append(f"| {name} | {acc:.4f} | {rel} | {mb:.1f} | {r['client_steps']} | {r['seconds']:.0f} |")
     rows.append(f"\nUnigram baseline (always the commonest character): {meta['unigram_accuracy']:.4f}")
     return "\n".join(rows)

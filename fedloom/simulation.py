@@ -54,12 +54,15 @@ class ServerState:
 def evaluate(model, params, buffers, x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> tuple[float, float]:
     """Test loss and accuracy of ``params`` on (x, y), in large chunks without autograd."""
     loss_sum, correct = 0.0, 0
+    was_training = model.training
+    model.eval()  # dropout off while scoring; engines train through the same module template
     with torch.inference_mode():
         for i in range(0, len(x), batch_size):
             xb, yb = x[i : i + batch_size].to(device), y[i : i + batch_size].to(device)
             logits = functional_call(model, (params, buffers), (xb,))
             loss_sum += float(F.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
+    model.train(was_training)
     n = max(y.numel(), 1)  # targets, not rows: per-position targets [N, T] count every position
     return loss_sum / n, correct / n
 

@@ -69,14 +69,16 @@ def build_model(name: str, params: dict | None, input_shape: tuple[int, ...], nu
 
 
 def vmap_unsafe_reason(model: nn.Module) -> str | None:
-    """Why ``model`` cannot be trained exactly under vmap, or None if it can."""
+    """Why ``model`` should not be trained under vmap (inexact, random, or no batching rule), or None."""
     for name, m in model.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             return f"module {name or type(m).__name__!r} is BatchNorm (running statistics are updated in place)"
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0:
             return f"module {name or type(m).__name__!r} is Dropout with p={m.p} (random draws under vmap)"
+        if isinstance(m, nn.RNNBase):
+            return (f"module {name or type(m).__name__!r} is a fused RNN ({type(m).__name__}): vmap has no batching "
+                    "rule for it and would loop per sample, slower than the sequential engine")
     return None
 
 
-from fedloom.models import grouped  # noqa: E402,F401  (registration: grouped_mlp, grouped_cnn)
-from fedloom.models import lstm, transformer  # noqa: E402,F401  (registration: lstm, transformer)
+from fedloom.models import grouped, lstm, transformer  # noqa: F401  (registration: grouped_*, lstm, transformer)

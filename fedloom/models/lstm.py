@@ -4,8 +4,9 @@ Caldas et al. 2018, "LEAF: A Benchmark for Federated Settings", section 4 (the m
 Shakespeare experiments): 80 input characters, an 8-dimensional embedding, two LSTM layers of 256 units and a
 softmax over the vocabulary for the character that follows.
 
-``nn.LSTM`` runs under ``torch.func.vmap`` (PyTorch batches its RNN kernel by a per-client loop), so the
-vectorized engine gives the same numbers as the sequential one; it is simply not faster for this model.
+``nn.LSTM`` has no vmap batching rule (``torch.func.vmap`` would loop over samples, several times slower), so
+:func:`fedloom.models.vmap_unsafe_reason` reports it and a run asking for the vectorized engine falls back to
+the sequential one, with a warning.
 
 Example::
 

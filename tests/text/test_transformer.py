@@ -7,8 +7,13 @@ import torch
 
 from fedloom.data.text import VOCAB_SIZE as V
 from fedloom.models import build_model, vmap_unsafe_reason
-from fedloom.models.transformer import (CausalTransformer, MultiHeadAttention, causal_mask,
-                                        scaled_dot_product_attention, sinusoidal_encoding)
+from fedloom.models.transformer import (
+    CausalTransformer,
+    MultiHeadAttention,
+    causal_mask,
+    scaled_dot_product_attention,
+    sinusoidal_encoding,
+)
 
 
 def test_attention_matches_plain_softmax_reference():
@@ -39,8 +44,8 @@ def test_multi_head_is_concat_of_heads_times_w_o():
     heads = []
     for i in range(3):
         sl = slice(4 * i, 4 * i + 4)
-        proj = lambda lin: x @ lin.weight[sl].T + lin.bias[sl]  # noqa: E731  (W_i^Q etc. are row blocks)
-        heads.append(scaled_dot_product_attention(proj(mha.w_q), proj(mha.w_k), proj(mha.w_v)))
+        q, k, v = (x @ lin.weight[sl].T + lin.bias[sl] for lin in (mha.w_q, mha.w_k, mha.w_v))  # W_i: row blocks
+        heads.append(scaled_dot_product_attention(q, k, v))
     torch.testing.assert_close(mha(x), mha.w_o(torch.cat(heads, -1)))
 
 
