@@ -74,13 +74,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     except DataUnavailable as e:
         print(f"fedloom: {e}", file=sys.stderr)
         return 1
-    sim.out_dir = out
-    out.mkdir(parents=True, exist_ok=True)
-    from fedloom.config import dump_config
-    from fedloom.metrics.history import MetricsWriter
-
-    (out / "config.yaml").write_text(dump_config(cfg))
-    sim.metrics = MetricsWriter(out / "metrics.jsonl")
+    sim.attach_output(out)
     engine = sim.engine.name + (f" ({sim.engine_note})" if sim.engine_note else "")
     print(f"fedloom: {cfg.algorithm.name} on {cfg.data.dataset.name} ({sim.data.num_clients} clients, "
           f"{cfg.data.partition.name}), model {cfg.model.name}, engine {engine}; run dir {out}", file=sys.stderr)

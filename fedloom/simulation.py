@@ -114,11 +114,18 @@ class Simulation:
             from fedloom.crypto.secagg import build_secure_aggregation
 
             self.secagg = build_secure_aggregation(self, sa)
-        self.out_dir = Path(out_dir) if out_dir else None
-        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl" if self.out_dir else None)
-        if self.out_dir:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(dump_config(cfg))
+        self.out_dir: Path | None = None
+        self.metrics = MetricsWriter(None)
+        if out_dir:
+            self.attach_output(out_dir)
+
+    def attach_output(self, out_dir: str | Path, write_config: bool = True) -> None:
+        """Record this run in ``out_dir``: config.yaml (unless resuming), metrics.jsonl appended to, checkpoints."""
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if write_config:
+            (self.out_dir / "config.yaml").write_text(dump_config(self.cfg))
+        self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
 
     def _pick_engine(self) -> Engine:
         name = self.cfg.engine.name
@@ -233,9 +240,10 @@ class Simulation:
             src = self.data.source
             rec["test_loss"], rec["test_accuracy"] = evaluate(self.model, st.params, self.buffers, src.test_x,
                                                               src.test_y, self.cfg.eval_batch_size, self.device)
+        rejected_ids = {r["client"] for r in rejected}
         rec.update(bytes_up=bytes_up, bytes_down=bytes_down, clients=len(cohort), reported=len(metas),
                    rejected=rejected, sampled_ids=plan.sampled,
-                   reported_ids=[c for c in cohort if c not in {r["client"] for r in rejected}],
+                   reported_ids=[c for c in cohort if c not in rejected_ids],
                    dropped=[{"client": c, "reason": r} for c, r in sorted(plan.dropped.items())],
                    seconds=time.perf_counter() - t0)
         if self.secagg is not None:
@@ -278,8 +286,7 @@ class Simulation:
         tmp = mpath.with_name(".metrics.jsonl.tmp")
         tmp.write_text("".join(ln + "\n" for ln in kept))
         os.replace(tmp, mpath)
-        sim.out_dir = run_dir
-        sim.metrics = MetricsWriter(mpath)
+        sim.attach_output(run_dir, write_config=False)
         sim.metrics.records = [json.loads(ln) for ln in kept]
         return sim
 

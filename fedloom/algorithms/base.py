@@ -85,7 +85,6 @@ class Algorithm:
     """Base class: FedAvg-style local SGD on :meth:`client_loss`, weighted-mean aggregation."""
 
     vectorizable: bool = True
-    Params = AlgorithmParams
 
     def __init__(self, params: BaseModel):
         self.p = params

@@ -104,7 +104,6 @@ class Fed2(Algorithm):
     """Yu et al. 2021 (Fed2), feature-paired averaging. Needs a model with a ``group_layout`` (``grouped_mlp``,
     ``grouped_cnn``); clients report per-class counts in their message meta."""
 
-    Params = Fed2Params
 
     def __init__(self, params: Fed2Params):
         super().__init__(params)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 from pydantic import Field
 
 from fedloom.algorithms.base import Algorithm, AlgorithmParams, LocalSchedule
@@ -36,7 +35,6 @@ class FedProxParams(AlgorithmParams):
 class FedProx(Algorithm):
     """Li et al. 2020 (FedProx), eq. (2): h_k(w; w^t) = F_k(w) + mu/2 ||w - w^t||^2."""
 
-    Params = FedProxParams
 
     def client_context(self, global_params):
         return {"global_params": global_params}
@@ -58,7 +56,6 @@ class LocalSGD(Algorithm):
     """Stich 2019, Algorithm 1: every worker runs H steps of SGD from the shared iterate; the iterates are
     averaged (uniformly by default)."""
 
-    Params = LocalSGDParams
 
     def schedule(self, base: LocalSchedule) -> LocalSchedule:
         return replace(base, local_steps=self.p.local_steps)

@@ -113,7 +113,6 @@ class HeteroFL(Algorithm):
     """Diao et al. 2021 (HeteroFL). Local SGD on the width-r sub-model (a masked full model, vmap-safe); the
     server averages each coordinate over the clients holding it."""
 
-    Params = HeteroFLParams
 
     def __init__(self, params: HeteroFLParams):
         super().__init__(params)

@@ -187,7 +187,6 @@ class MatchedAvg(Algorithm):
     """Local SGD as in FedAvg. The server aligns each client model's hidden units to the global model
     (layer-wise Hungarian matching) before the weighted average. MLP and CNN (``nn.Sequential``) models."""
 
-    Params = MatchedAvgParams
 
     def __init__(self, params: MatchedAvgParams):
         super().__init__(params)

@@ -175,7 +175,7 @@ def load_synthetic(p: SyntheticParams) -> DataSource:
     sizes = (rng.lognormal(4, 2, p.num_clients).astype(int) + 50).clip(max=2000)
     cov = np.diag(np.arange(1, d + 1, dtype=np.float64) ** -1.2)
     W_glob, b_glob = rng.normal(0, 1, (d, c)), rng.normal(0, 1, c)
-    xs, ys, parts_tr, parts_te, xte, yte = [], [], [], [], [], []
+    xs, ys, parts_tr, xte, yte = [], [], [], [], []
     n_tr = 0
     for k in range(p.num_clients):
         if p.iid:

@@ -4,7 +4,7 @@ objective (or its arbitrary client code) for a cohort and return per-client outp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -103,6 +103,3 @@ def sgd_step_(params: Params, grads: Params, bufs: Params | None, sched: LocalSc
         else:
             p.sub_(g * active.view(-1, *([1] * (p.dim() - 1))).to(p.dtype), alpha=sched.lr)
 
-
-def describe(x: Any) -> str:
-    return type(x).__name__

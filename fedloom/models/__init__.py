@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
