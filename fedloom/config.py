@@ -131,6 +131,8 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
         comp: Component = _get(cfg, path)
         if comp is None:  # an optional component that is off
             continue
+        if path == "data.dataset" and comp.name in R.ENVIRONMENTS:
+            reg = R.ENVIRONMENTS
         resolved = _validate_component(path, comp, reg, errors)
         if resolved is not None:
             parent, _, leaf = path.rpartition(".")

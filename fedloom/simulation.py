@@ -35,6 +35,7 @@ from fedloom.metrics.history import MetricsWriter
 from fedloom.models import build_model
 from fedloom.privacy import DPFedAvg
 from fedloom.robust import Attack, RobustAggregator
+from fedloom.registry import ENVIRONMENTS
 from fedloom.system import CohortPlan, CohortPlanner
 from fedloom.rng import derive_seed
 
@@ -49,6 +50,7 @@ class ServerState:
     opt_state: dict
     round: int = 0
     algo_state: dict = field(default_factory=dict)
+    reported: int = 0  # accepted updates in the current round (|S| for algorithms that need it, e.g. SCAFFOLD)
 
 
 def evaluate(model, params, buffers, x: torch.Tensor, y: torch.Tensor, batch_size: int, device) -> tuple[float, float]:
@@ -78,13 +80,16 @@ class Simulation:
         if cfg.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device=cuda but no CUDA device is available")
         d = cfg.data
+        if data is None and d.dataset.name in ENVIRONMENTS:  # not labelled data: e.g. RL environments
+            data = ENVIRONMENTS.entry(d.dataset.name).factory(
+                ENVIRONMENTS.entry(d.dataset.name).params(**d.dataset.params), d.num_clients, cfg.seed)
         self.data = data or build_federated(d.dataset.name, d.dataset.params, d.num_clients, d.partition.name,
                                             d.partition.params, cfg.seed)
         self.attack = (Attack(cfg.attack.name, cfg.attack.params, self.data.num_clients, cfg.seed)
                        if cfg.attack is not None else None)
         if self.attack is not None:
             self.attack.poison_data(self.data)  # label flipping rewrites the attackers' labels (a private copy)
-        if self.device.type != "cpu":
+        if self.device.type != "cpu" and getattr(self.data.source, "train_x", None) is not None:
             src = self.data.source
             src.train_x, src.train_y = src.train_x.to(self.device), src.train_y.to(self.device)
         torch.manual_seed(derive_seed(cfg.seed, "model-init"))
@@ -105,6 +110,8 @@ class Simulation:
         self.buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
         self.state = ServerState(params, self.server_opt.init(params))
         self.expected = {k: (tuple(v.shape), v.dtype) for k, v in params.items()}
+        self.upload = self.algorithm.upload_spec(self.expected)  # what every client message must carry
+        self.client_states: dict[int, Any] = {}  # stateful clients (SCAFFOLD's c_i, FD's device models)
         self.codecs = self._build_codecs()  # update codec chain (fedloom.codecs); None = raw float32 updates
         self.current_round = 0
         # -- secure aggregation (fedloom.crypto.secagg): steps 4-5 on Paillier ciphertexts; None = off --
@@ -116,6 +123,7 @@ class Simulation:
             self.secagg = build_secure_aggregation(self, sa)
         self.out_dir: Path | None = None
         self.metrics = MetricsWriter(None)
+        self.algorithm.bind(self)
         if out_dir:
             self.attach_output(out_dir)
 
@@ -143,7 +151,7 @@ class Simulation:
             return None
         from fedloom.codecs import UpdateCodec
 
-        codecs = UpdateCodec([(c.name, c.params) for c in self.cfg.codecs], self.expected, self.cfg.seed)
+        codecs = UpdateCodec([(c.name, c.params) for c in self.cfg.codecs], self.upload, self.cfg.seed)
         if codecs.reparam(0) is not None and (getattr(self.algorithm, "train_client", None) is not None
                                               or not getattr(self.algorithm, "vectorizable", True)):
             raise ValueError(f"codecs: structured codecs restrict local SGD on a loss; algorithm "
@@ -173,7 +181,7 @@ class Simulation:
 
     def decode_update(self, client: int, msg: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """Step 5a, on the server: decode and validate one client's message (raises on bad input)."""
-        m = wire.decode(msg, self.expected) if self.codecs is None else self.codecs.decode(msg)
+        m = wire.decode(msg, self.upload) if self.codecs is None else self.codecs.decode(msg)
         for k, t in m.tensors.items():
             # fast path: a sum is finite only if every element is (NaN/Inf propagate); full scan otherwise
             if t.is_floating_point() and not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
@@ -186,18 +194,34 @@ class Simulation:
         t0 = time.perf_counter()
         st = self.state
         self.current_round = rnd
-        down = wire.encode({k: v for k, v in st.params.items()}, {"round": rnd})
+        alg = self.algorithm
+        shared = {**(st.params if alg.broadcasts_model else {}), **alg.broadcast_extras(st)}
+        down = wire.encode(shared, {"round": rnd})
         # 1. sample: the planner decides who reports (dropouts and stragglers never send an update)
         plan = self.sample_cohort(rnd, len(down))
         cohort = plan.reporting
-        # 2. broadcast: one serialized message, received by every sampled client
-        received = {k: v.to(self.device) for k, v in wire.decode(down, self.expected).tensors.items()}
+        # 2. broadcast: one serialized message, received by every sampled client (+ personalized ones, if any)
+        spec = {k: (tuple(v.shape), v.dtype) for k, v in shared.items()}
+        received = {k: v.to(self.device) for k, v in wire.decode(down, spec).tensors.items()}
         bytes_down = len(down) * len(plan.sampled)
-        # 3. client work
-        task = CohortTask(self.model, received, self.buffers, cohort, self.data, self.schedule, self.algorithm,
-                          self.cfg.seed, rnd, self.device,
-                          reparam=self.codecs.reparam(rnd) if self.codecs is not None else None)
-        outputs = [self.client_side(k, rnd, o) for k, o in zip(cohort, self.engine.run(task))]
+        personal = {}
+        reporting = set(cohort)
+        for k in plan.sampled:
+            mine = alg.client_broadcast(st, k)
+            if mine:
+                msg = wire.encode(mine, {"round": rnd, "client": k})
+                bytes_down += len(msg)
+                if k in reporting:
+                    personal[k] = {n: v.to(self.device) for n, v in wire.decode(msg).tensors.items()}
+        # 3. client work (then each client's own bookkeeping: stateful clients update their state here)
+        task = CohortTask(self.model, {k: v for k, v in received.items() if k in self.expected}, self.buffers,
+                          cohort, self.data, alg.round_schedule(self.schedule, rnd), alg, self.cfg.seed, rnd,
+                          self.device,
+                          reparam=self.codecs.reparam(rnd) if self.codecs is not None else None,
+                          extras={k: v for k, v in received.items() if k not in self.expected},
+                          personal=personal, client_states=self.client_states)
+        outputs = [self.client_side(k, rnd, alg.client_finish(task, k, o))
+                   for k, o in zip(cohort, self.engine.run(task))]
         # 4. encode on each client
         if self.secagg is not None:  # secure aggregation: pack + encrypt n_k * update under the authority's key
             msgs = [self.secagg.encode(rnd, k, o) for k, o in zip(cohort, outputs)]
@@ -222,6 +246,7 @@ class Simulation:
             weights.append(wgt)
         # 6. apply, evaluate, record
         rec: dict[str, Any] = {"round": rnd, "test_accuracy": None, "test_loss": None}
+        st.reported = len(updates)
         if updates:
             if self.dp is not None:  # DP-FedAvg: clipped sum + noise over the cohort size
                 agg, dp_info = self.dp.aggregate(rnd, updates)
@@ -230,16 +255,14 @@ class Simulation:
                 agg = self.aggregator(updates, weights, self.algorithm)
             else:
                 agg = self.algorithm.server_aggregate(st.params, updates, weights)
-            st.opt_state = self.server_opt.step(st.params, agg, st.opt_state)
+            rec.update(self.algorithm.server_update(st, agg, self.server_opt) or {})
         if self.dp is not None and "epsilon" not in rec:
             rec["epsilon"] = self.dp.epsilon(self.dp.state["rounds"])
         st.round = rnd
         n_acc = sum(float(m["num_samples"]) for m in metas)
         rec["train_loss"] = (sum(float(m["train_loss"]) * float(m["num_samples"]) for m in metas) / n_acc) if n_acc else None
         if rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds:
-            src = self.data.source
-            rec["test_loss"], rec["test_accuracy"] = evaluate(self.model, st.params, self.buffers, src.test_x,
-                                                              src.test_y, self.cfg.eval_batch_size, self.device)
+            rec.update(self.algorithm.evaluate(self))
         rejected_ids = {r["client"] for r in rejected}
         rec.update(bytes_up=bytes_up, bytes_down=bytes_down, clients=len(cohort), reported=len(metas),
                    rejected=rejected, sampled_ids=plan.sampled,
@@ -260,6 +283,7 @@ class Simulation:
         st = self.state
         ck = {"round": st.round, "params": st.params, "opt_state": st.opt_state, "algo_state": st.algo_state,
               "dp_state": self.dp.state if self.dp is not None else None, "torch_rng": torch.get_rng_state(),
+              "client_states": self.client_states,
               "config": dump_config(self.cfg)}
         save_atomic(ck, self.out_dir / CHECKPOINT)
 
@@ -277,6 +301,8 @@ class Simulation:
         for k, v in ck["params"].items():
             sim.state.params[k].copy_(v)
         sim.state.opt_state, sim.state.algo_state, sim.state.round = ck["opt_state"], ck["algo_state"], ck["round"]
+        sim.client_states.clear()
+        sim.client_states.update(ck.get("client_states") or {})
         if sim.dp is not None and ck["dp_state"] is not None:
             sim.dp.state = ck["dp_state"]
         torch.set_rng_state(ck["torch_rng"])
@@ -295,14 +321,15 @@ class Simulation:
 
         bar = tqdm(range(self.state.round + 1, self.cfg.rounds + 1), desc=self.cfg.name, unit="round",
                    disable=not self.cfg.progress, dynamic_ncols=True)
-        last_acc = None
+        last, head = None, self.algorithm.headline
+        short = {"test_accuracy": "acc"}.get(head, head)
         try:
             for rnd in bar:
                 rec = self.round(rnd)
-                if rec["test_accuracy"] is not None:
-                    last_acc = rec["test_accuracy"]
-                bar.set_postfix(acc=f"{last_acc:.4f}" if last_acc is not None else "-",
-                                loss=f"{rec['train_loss']:.3f}" if rec["train_loss"] is not None else "-")
+                if rec.get(head) is not None:
+                    last = rec[head]
+                bar.set_postfix({short: f"{last:.4f}" if last is not None else "-",
+                                 "loss": f"{rec['train_loss']:.3f}" if rec["train_loss"] is not None else "-"})
         finally:
             bar.close()
             self.metrics.close()

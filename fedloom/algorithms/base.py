@@ -7,6 +7,13 @@
   algorithm sets ``vectorizable = False`` and runs on the sequential engine;
 * the aggregation of decoded client updates (``aggregate``), by default the weighted mean.
 
+Algorithms that are not "average a model" (federated distillation, RL, SCAFFOLD's control variates) change what
+travels and what the server keeps through a few more hooks, all defaulting to FedAvg's behaviour:
+``broadcasts_model`` / ``broadcast_extras`` / ``client_broadcast`` (down messages), ``upload_spec`` (what an
+upload must contain), ``client_finish`` with ``task.client_states`` (persistent per-client state, checkpointed),
+``server_update`` (apply the aggregate), ``evaluate`` and ``headline`` (what is measured), ``bind`` (access to
+the run).
+
 Sampling, transport, byte accounting, evaluation and logging live in :mod:`fedloom.simulation`.
 """
 
@@ -85,6 +92,8 @@ class Algorithm:
     """Base class: FedAvg-style local SGD on :meth:`client_loss`, weighted-mean aggregation."""
 
     vectorizable: bool = True
+    broadcasts_model: bool = True  # False: the shared down message carries only broadcast_extras() (e.g. FD)
+    headline: str = "test_accuracy"  # the metric shown in the progress bar
 
     def __init__(self, params: BaseModel):
         self.p = params
@@ -107,6 +116,11 @@ class Algorithm:
         sw = w.sum()
         return lw / sw.clamp_min(1.0), (lw.detach(), sw.detach())
 
+    def round_schedule(self, sched: LocalSchedule, rnd: int) -> LocalSchedule:
+        """The local schedule of round ``rnd`` (post-local SGD: 1 step per round during warm-up, then H; a
+        learning-rate decay). Default: the same every round."""
+        return sched
+
     def client_context(self, global_params: Params) -> dict[str, Any]:
         """Round-constant inputs of the local objective (same for every client; not vmapped)."""
         return {}
@@ -124,10 +138,54 @@ class Algorithm:
         per-class sample counts."""
         return {}
 
+    def client_finish(self, task: Any, k: int, out: ClientOutput) -> ClientOutput:
+        """On client k, right after its local work (before attacks, DP and encoding): may read and write
+        ``task.client_states[k]`` (kept between rounds, checkpointed) and add entries to ``out.update`` that
+        :meth:`upload_spec` declares (e.g. SCAFFOLD's control-variate change). Default: unchanged."""
+        return out
+
+    # -- what travels ------------------------------------------------------------------------------
+    def broadcast_extras(self, state: Any) -> Params:
+        """Extra tensors in the one shared down message (clients see them as ``task.extras``). Names must not
+        clash with model parameters: use a prefix (``scaffold.c.``, ``fd.``)."""
+        return {}
+
+    def client_broadcast(self, state: Any, k: int) -> Params:
+        """A personalized down message for client k (``task.personal[k]``); empty = none. Counted per client.
+        If it carries every model parameter (and ``broadcasts_model`` is False), client k trains from that
+        model instead of a shared one (hierarchical / clustered FL): its update is relative to it."""
+        return {}
+
+    def upload_spec(self, expected: dict[str, tuple[tuple[int, ...], torch.dtype]]
+                    ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+        """Names, shapes and dtypes a client's upload must carry (the server rejects anything else).
+        ``expected`` is the model parameters' spec, the default upload."""
+        return expected
+
     # -- server side -------------------------------------------------------------------------------
     def setup(self, model: torch.nn.Module) -> None:
         """Called once with the architecture template before the first round, for algorithms whose
         aggregation depends on the model's structure (Fed2's group layout, neuron matching). Default: nothing."""
+
+    def bind(self, sim: Any) -> None:
+        """Called once at the end of ``Simulation.__init__`` with the run (config, data, model template, device,
+        server state): build per-device models, environments, probe sets here. Default: nothing."""
+
+    def server_update(self, state: Any, agg: Params, server_opt: Any) -> dict[str, Any]:
+        """Step 6: apply the aggregated update to the server state; return extra metrics for the round's
+        record. Default: the server optimizer steps the model (W <- W + eta H for plain ``sgd``)."""
+        state.opt_state = server_opt.step(state.params, agg, state.opt_state)
+        return {}
+
+    def evaluate(self, sim: Any) -> dict[str, Any]:
+        """Metrics of the current server state on eval rounds (merged into metrics.jsonl). Default: loss and
+        top-1 accuracy of the global model on the test set."""
+        from fedloom.simulation import evaluate
+
+        src = sim.data.source
+        loss, acc = evaluate(sim.model, sim.state.params, sim.buffers, src.test_x, src.test_y,
+                             sim.cfg.eval_batch_size, sim.device)
+        return {"test_loss": loss, "test_accuracy": acc}
 
     def server_aggregate(self, global_params: Params, updates: list[Params], weights: list[Any]) -> Params:
         """Step 5: the aggregated update H from decoded client updates. Most algorithms only need

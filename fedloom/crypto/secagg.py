@@ -148,4 +148,4 @@ def build_secure_aggregation(sim: Any, cfg: SecureAggregationConfig | Mapping[st
         w = alg.client_weight({"num_samples": int(n_k)})
         weights.append(int(w))
     capacity = sum(sorted(weights, reverse=True)[: sim.cfg.cohort_size])
-    return SecureAggregation(cfg, sim.expected, max(capacity, 1), sim.cfg.seed, alg.client_weight, device=sim.device)
+    return SecureAggregation(cfg, sim.upload, max(capacity, 1), sim.cfg.seed, alg.client_weight, device=sim.device)

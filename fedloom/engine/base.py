@@ -3,8 +3,8 @@ objective (or its arbitrary client code) for a cohort and return per-client outp
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -43,6 +43,26 @@ class CohortTask:
     round: int
     device: torch.device
     reparam: Reparametrization | None = None  # None: train the model's parameters directly
+    extras: Params = field(default_factory=dict)  # decoded Algorithm.broadcast_extras
+    personal: dict[int, Params] = field(default_factory=dict)  # decoded Algorithm.client_broadcast, per client
+    client_states: dict[int, Any] = field(default_factory=dict)  # persistent per-client state (checkpointed)
+
+    @property
+    def per_client_start(self) -> bool:
+        """True when clients start from different models (personalized broadcasts carrying the model)."""
+        return bool(self.model_names) and any(self.model_names <= p.keys() for p in self.personal.values())
+
+    @property
+    def model_names(self) -> set[str]:
+        return set(dict(self.model.named_parameters()))
+
+    def start_params(self, k: int) -> Params:
+        """The model client k starts local training from."""
+        mine = self.personal.get(k, {})
+        names = self.model_names
+        if names and names <= mine.keys():
+            return {n: mine[n] for n in dict(self.model.named_parameters())}
+        return self.params
 
     def batches(self, k: int) -> list[torch.Tensor]:
         """Client k's minibatches (local indices) for this round: the same in every engine."""
@@ -51,15 +71,20 @@ class CohortTask:
 
 
 def client_start(task: CohortTask, k: int) -> tuple[Params, Params]:
-    """Client k's trainable starting point and per-client constants: (broadcast model, {}) by default."""
+    """Client k's trainable starting point and per-client constants: (broadcast model, {}) by default, or
+    the model in client k's personalized message (``Algorithm.client_broadcast``)."""
+    start = task.start_params(k)
     if task.reparam is None:
-        return task.params, {}
-    return task.reparam.client_init(task.params, k)
+        return start, {}
+    return task.reparam.client_init(start, k)
 
 
 def client_objective(task: CohortTask, forward, ctx):
     """The algorithm's functional loss as a function of (trainable z, per-client constants, x, y, w)."""
     alg, rp, gp = task.algorithm, task.reparam, task.params
+    if rp is not None and task.per_client_start:
+        raise ValueError("structured codecs (low rank / mask) expand around one shared model; they cannot be "
+                         "combined with personalized per-client models")
     if rp is None:
         return lambda p, c, x, y, w: alg.client_loss(forward, p, x, y, w, ctx)
     return lambda z, c, x, y, w: alg.client_loss(forward, rp.expand(z, c, gp), x, y, w, ctx)

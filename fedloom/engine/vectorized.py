@@ -79,10 +79,10 @@ class VectorizedEngine(Engine):
 
         forward = make_forward(task.model, task.buffers)
         ctx = alg.client_context(task.params)
-        if task.reparam is None:
+        if task.reparam is None and not task.per_client_start:
             z0 = {n: p.detach().unsqueeze(0).expand(C, *p.shape) for n, p in task.params.items()}
             consts: dict = {}
-        else:  # restricted training (fedloom.codecs structured updates): per-client z0 and constants, stacked
+        else:  # per-client z0 (personalized models; codecs' structured updates) and constants, stacked
             starts = [client_start(task, k) for k in clients]
             z0 = {n: torch.stack([s[0][n] for s in starts]) for n in starts[0][0]}
             consts = {n: torch.stack([s[1][n] for s in starts]) for n in starts[0][1]}
