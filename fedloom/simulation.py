@@ -246,7 +246,7 @@ class Simulation:
             weights.append(wgt)
         # 6. apply, evaluate, record
         rec: dict[str, Any] = {"round": rnd, "test_accuracy": None, "test_loss": None}
-        st.reported = len(updates)
+        st.round, st.reported = rnd, len(updates)
         if updates:
             if self.dp is not None:  # DP-FedAvg: clipped sum + noise over the cohort size
                 agg, dp_info = self.dp.aggregate(rnd, updates)
@@ -258,7 +258,6 @@ class Simulation:
             rec.update(self.algorithm.server_update(st, agg, self.server_opt) or {})
         if self.dp is not None and "epsilon" not in rec:
             rec["epsilon"] = self.dp.epsilon(self.dp.state["rounds"])
-        st.round = rnd
         n_acc = sum(float(m["num_samples"]) for m in metas)
         rec["train_loss"] = (sum(float(m["train_loss"]) * float(m["num_samples"]) for m in metas) / n_acc) if n_acc else None
         if rnd % self.cfg.eval_every == 0 or rnd == self.cfg.rounds:

@@ -1,7 +1,7 @@
 """Algorithms: one file each, each only its math (see :mod:`fedloom.algorithms.base`)."""
 
 from fedloom.algorithms import fedavg, server_opt  # noqa: F401  (registration)
-from fedloom.algorithms import fed2, heterofl, matching, scaffold  # noqa: F401  (registration)
+from fedloom.algorithms import fed2, heterofl, local_family, matching, scaffold  # noqa: F401  (registration)
 from fedloom.algorithms.base import Algorithm, ClientOutput, LocalSchedule, client_batches
 from fedloom.registry import ALGORITHMS
 

@@ -29,8 +29,9 @@ Data (all seeded via :mod:`fedloom.rng`): ``sampling="global"`` (Lin et al.'s co
 repartition every epoch) -- epoch e is a permutation from ``torch_generator(seed, "dp-epoch", e)``, cut into
 global batches of K*b, rank r takes rows [r*b, (r+1)*b) of each; so K ranks of mini-batch SGD equal one rank
 with batch K*b. ``sampling="shard"`` -- each rank owns a fixed iid shard (fedloom's ``iid`` partitioner over
-K clients) and draws block j of H steps with ``client_batches(..., torch_generator(seed, "batches", j, r))``,
-exactly what the simulator's ``localsgd`` clients do in round j -- so local SGD here equals the simulator.
+K clients) and draws the steps of simulator round j (:func:`simulator_round`) with
+``client_batches(..., torch_generator(seed, "batches", j, r))``, exactly what the simulator's ``localsgd`` /
+``postlocal`` / ``hierarchical`` clients do in round j -- so without momentum these runs equal the simulator.
 
 Example (one machine, 2 CPU processes)::
 
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -157,11 +159,22 @@ class BatchStream:
                 self._cache = (e, torch.randperm(self.n, generator=torch_generator(cfg.seed, "dp-epoch", e)))
             off = s * self.world * b + self.rank * b
             return self._cache[1][off : off + b]
-        j, s = divmod(t - 1, cfg.local_steps)  # block j+1 of H steps = the simulator's round j+1
-        if self._cache[0] != j:
-            gen = torch_generator(cfg.seed, "batches", j + 1, self.rank)
-            self._cache = (j, client_batches(len(self.shard), self.sched, gen))
+        rnd, s, h = simulator_round(cfg, t)  # the simulator's round that step t belongs to
+        if self._cache[0] != rnd:
+            gen = torch_generator(cfg.seed, "batches", rnd, self.rank)
+            self._cache = (rnd, client_batches(len(self.shard), replace(self.sched, local_steps=h), gen))
         return self.shard[self._cache[1][s]]
+
+
+def simulator_round(cfg: DPConfig, t: int) -> tuple[int, int, int]:
+    """(round, step within it, steps in it) of global step t (1-based) in fedloom's simulator: rounds end at
+    synchronizations -- blocks of H steps, preceded for post-local / hierarchical SGD by t' one-step rounds
+    (:mod:`fedloom.algorithms.local_family`)."""
+    tp = cfg.post_local_from if cfg.algorithm in ("postlocal", "hierarchical") else 0
+    if t <= tp:
+        return t, 0, 1
+    j, s = divmod(t - tp - 1, cfg.local_steps)
+    return tp + j + 1, s, cfg.local_steps
 
 
 def build(cfg: DPConfig, device: torch.device):

@@ -33,6 +33,9 @@ JOBS2 = {
                       momentum=0.9),
     "postlocal_torch": dict(BASE, algorithm="postlocal", local_steps=4, post_local_from=8, lr_milestones=[8],
                             steps=20, momentum=0.9, averager="torch"),
+    # post-local SGD in fedloom's client sampling, no momentum == the simulator's postlocal algorithm
+    "postlocal_shard": dict(BASE, algorithm="postlocal", local_steps=3, post_local_from=6, lr_milestones=[6],
+                            steps=15, sampling="shard", weight_decay=1e-3),
     # simulated slow link: 20 ms per collective
     "slow": dict(BASE, algorithm="local", local_steps=2, steps=8, latency_s=0.02),
 }
@@ -79,6 +82,30 @@ def test_local_sgd_equals_simulator_localsgd(two_ranks):
     sim.run()
     close(two_ranks["local_shard"][0]["params"], sim.state.params)
     assert two_ranks["local_shard"][0]["comm"]["allreduces"] == c["steps"] // c["local_steps"]
+
+
+def simulator_twin(c: dict, num_clients: int, algorithm: dict, engine: str = "vectorized") -> Simulation:
+    """fedloom.simulation run of the same schedule as torch.distributed job ``c`` (sampling="shard")."""
+    tp = c.get("post_local_from", 0)
+    cfg = validate_config(dict(
+        rounds=tp + (c["steps"] - tp) // c["local_steps"], cohort_size=num_clients, progress=False,
+        seed=c["seed"], threads=1, checkpoint_every=0, engine=engine,
+        data=dict(dataset="digits", partition="iid", num_clients=num_clients), model=dict(name="mlp", hidden=[16]),
+        algorithm=dict(algorithm, local_steps=c["local_steps"], post_local_from=tp,
+                       lr_milestones=c.get("lr_milestones", [])),
+        client=dict(lr=c["lr"], batch_size=c["batch_size"], weight_decay=c.get("weight_decay", 0.0))))
+    sim = Simulation(cfg)
+    sim.run()
+    return sim
+
+
+def test_postlocal_equals_simulator_postlocal(two_ranks):
+    """2 gloo processes of post-local SGD (t'=6 one-step rounds with lr decay at t', then H=3) == the
+    simulator's postlocal algorithm with 2 clients."""
+    c = JOBS2["postlocal_shard"]
+    sim = simulator_twin(c, 2, {"name": "postlocal"})
+    close(two_ranks["postlocal_shard"][0]["params"], sim.state.params)
+    assert two_ranks["postlocal_shard"][0]["comm"]["by_kind"] == {"grad": 6, "global": 3}
 
 
 def test_minibatch_two_ranks_equal_one_rank_with_double_batch(two_ranks):
@@ -139,10 +166,17 @@ def test_hierarchical_four_ranks():
     the single-process reference."""
     c = dict(BASE, algorithm="hierarchical", group_size=2, local_steps=2, global_every=2, post_local_from=2,
              steps=14, momentum=0.9)
-    res = spawn(run_jobs, 4, [("train", c), ("train", dict(c, averager="torch"))], start_method="fork")
+    shard = dict(c, momentum=0.0, sampling="shard")
+    res = spawn(run_jobs, 4, [("train", c), ("train", dict(c, averager="torch")), ("train", shard)],
+                start_method="fork")
     ref = simulate(DPConfig(**c), 4)
+    # the simulator's hierarchical algorithm (4 clients, groups of 2, per-group models) == 4 gloo ranks
+    sim = simulator_twin(shard, 4, {"name": "hierarchical", "group_size": 2, "global_every": 2})
+    close(res[0][2]["params"], sim.state.params)
+    syncs = [r["sync"] for r in sim.metrics.records]
+    assert syncs == ["global"] * 3 + ["group", "global"] * 2 + ["group"]
     for r in res:
-        ours, theirs = r
+        ours, theirs, _ = r
         # step 14 is a group sync, not a global one: the returned model is the average of all ranks
         close(ours["params"], ref["params"])
         close(theirs["params"], ref["params"])
