@@ -7,3 +7,4 @@ import fedloom.data.partition  # noqa: F401
 import fedloom.data.text  # noqa: F401
 import fedloom.engine  # noqa: F401
 import fedloom.models  # noqa: F401
+import fedloom.schedules  # noqa: F401

@@ -62,6 +62,8 @@ class ClientConfig(_Strict):
     local_steps: int | None = Field(None, ge=1, description="H local steps instead of epochs")
     momentum: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0)
+    lr_schedule: Component | None = Field(None, description="client lr schedule (fedloom.schedules): noam, "
+                                                            "step, inverse; null = constant")
 
 
 class RunConfig(_Strict):
@@ -99,6 +101,7 @@ _COMPONENTS = {
     "model": R.MODELS,
     "algorithm": R.ALGORITHMS,
     "server_optimizer": R.SERVER_OPTIMIZERS,
+    "client.lr_schedule": R.LR_SCHEDULES,
     "aggregator": AGGREGATORS,
     "attack": ATTACKS,
 }

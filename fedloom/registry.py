@@ -72,6 +72,7 @@ PARTITIONERS: Registry[Any] = Registry("partitioner")
 MODELS: Registry[Any] = Registry("model")
 ENGINES: Registry[Any] = Registry("engine")
 SERVER_OPTIMIZERS: Registry[Any] = Registry("server optimizer")
+LR_SCHEDULES: Registry[Any] = Registry("learning-rate schedule")
 # Federated "datasets" that are not labelled data (RL environment families, fedloom.rl): the factory takes
 # (params, num_clients, seed) and returns the object the run uses as ``sim.data`` (num_clients, client_sizes,
 # source.input_shape, source.num_classes). ``data.dataset.name`` is looked up here first, then in DATASETS.

@@ -36,6 +36,7 @@ from fedloom.models import build_model
 from fedloom.privacy import DPFedAvg
 from fedloom.robust import Attack, RobustAggregator
 from fedloom.registry import ENVIRONMENTS
+from fedloom.schedules import build_lr_schedule
 from fedloom.system import CohortPlan, CohortPlanner
 from fedloom.rng import derive_seed
 
@@ -101,6 +102,8 @@ class Simulation:
         self.schedule: LocalSchedule = self.algorithm.schedule(
             LocalSchedule(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, local_steps=c.local_steps,
                           momentum=c.momentum, weight_decay=c.weight_decay))
+        self.lr_schedule = (build_lr_schedule(c.lr_schedule.name, c.lr_schedule.params)
+                            if c.lr_schedule is not None else None)
         self.engine = engine or self._pick_engine()
         self.planner = CohortPlanner(cfg.system, self.data.client_sizes, cfg.cohort_size, self.schedule.epochs, cfg.seed)
         self.aggregator = RobustAggregator(cfg.aggregator.name, cfg.aggregator.params)
@@ -163,6 +166,16 @@ class Simulation:
         """Step 1: who is sampled, who drops out, who reports (fedloom.system; default: uniform, all report)."""
         return self.planner.plan(rnd, msg_bytes)
 
+    def round_schedule(self, rnd: int) -> LocalSchedule:
+        """Round ``rnd``'s local schedule: the algorithm's (post-local SGD varies it), then the lr schedule."""
+        sched = self.algorithm.round_schedule(self.schedule, rnd)
+        if self.lr_schedule is None:
+            return sched
+        if sched.local_steps is None:  # epoch mode: client step counts differ; the schedule runs on rounds
+            return replace(sched, lr=sched.lr * self.lr_schedule(rnd))
+        H = sched.local_steps
+        return replace(sched, lr_steps=tuple(sched.lr * self.lr_schedule((rnd - 1) * H + s + 1) for s in range(H)))
+
     def client_side(self, client: int, rnd: int, out: ClientOutput) -> ClientOutput:
         """What a client does to its update before encoding: an attacker corrupts it; local DP noises it."""
         u = out.update
@@ -215,7 +228,7 @@ class Simulation:
                     personal[k] = {n: v.to(self.device) for n, v in wire.decode(msg).tensors.items()}
         # 3. client work (then each client's own bookkeeping: stateful clients update their state here)
         task = CohortTask(self.model, {k: v for k, v in received.items() if k in self.expected}, self.buffers,
-                          cohort, self.data, alg.round_schedule(self.schedule, rnd), alg, self.cfg.seed, rnd,
+                          cohort, self.data, self.round_schedule(rnd), alg, self.cfg.seed, rnd,
                           self.device,
                           reparam=self.codecs.reparam(rnd) if self.codecs is not None else None,
                           extras={k: v for k, v in received.items() if k not in self.expected},

@@ -43,6 +43,17 @@ class LocalSchedule:
     local_steps: int | None = None
     momentum: float = 0.0
     weight_decay: float = 0.0
+    lr_steps: tuple[float, ...] | None = None  # per-local-step learning rates (a schedule); None: lr throughout
+
+    def lr_at(self, s: int) -> float:
+        """Learning rate of local step ``s`` (0-based) of this round."""
+        if self.lr_steps is None:
+            return self.lr
+        return self.lr_steps[min(s, len(self.lr_steps) - 1)]
+
+    def lr_sum(self, steps: int) -> float:
+        """Sum of the learning rates of the first ``steps`` local steps (SCAFFOLD's K * eta_l)."""
+        return sum(self.lr_at(s) for s in range(steps))
 
     def num_steps(self, n: int) -> int:
         if n <= 0:

@@ -76,7 +76,7 @@ class Scaffold(Algorithm):
         else:
             c, c_i = {n: task.extras[C + n] for n in task.params}, self._c_i(task, k)
             # c_i+ - c_i = -c + (x - y) / (K eta_l) = -c - dy / (K eta_l)
-            scale = 1.0 / (steps * task.schedule.lr)
+            scale = 1.0 / task.schedule.lr_sum(steps)  # K eta_l (the sum of the step sizes under a schedule)
             dc = {n: -c[n] - out.update[n] * scale for n in task.params}
             task.client_states[k] = {"c": {n: (c_i[n].to(dc[n].device) + dc[n]).detach().clone() for n in dc}}
         return ClientOutput({**out.update, **{C + n: v for n, v in dc.items()}}, out.num_samples, out.train_loss,

@@ -105,12 +105,13 @@ def make_forward(model: nn.Module, buffers: Params):
 
 
 def sgd_step_(params: Params, grads: Params, bufs: Params | None, sched: LocalSchedule,
-              active: torch.Tensor | None = None) -> None:
+              active: torch.Tensor | None = None, lr: float | None = None) -> None:
     """One SGD step in place (PyTorch's SGD semantics: buf <- mu buf + g; p <- p - lr buf).
 
     ``active`` (shape [C], vectorized engine) masks clients that have no batch at this step: their
-    parameters and momentum buffers are left untouched.
+    parameters and momentum buffers are left untouched. ``lr`` overrides ``sched.lr`` (a schedule's step).
     """
+    lr = sched.lr if lr is None else lr
     for k, p in params.items():
         g = grads[k]
         if sched.weight_decay:
@@ -124,7 +125,7 @@ def sgd_step_(params: Params, grads: Params, bufs: Params | None, sched: LocalSc
                 b.copy_(torch.where(a, b * sched.momentum + g, b))
             g = b
         if active is None:
-            p.sub_(g, alpha=sched.lr)
+            p.sub_(g, alpha=lr)
         else:
-            p.sub_(g * active.view(-1, *([1] * (p.dim() - 1))).to(p.dtype), alpha=sched.lr)
+            p.sub_(g * active.view(-1, *([1] * (p.dim() - 1))).to(p.dtype), alpha=lr)
 

@@ -29,13 +29,13 @@ def local_sgd(task: CohortTask, k: int) -> ClientOutput:
     y_all = task.data.source.train_y
     lw_sum = torch.zeros((), device=task.device)
     w_sum = torch.zeros((), device=task.device)
-    for b in task.batches(k):
+    for s, b in enumerate(task.batches(k)):
         g_idx = idx[b]
         x = x_all[g_idx].to(task.device, non_blocking=True)
         y = y_all[g_idx].to(task.device, non_blocking=True)
         w = torch.ones(len(b), device=task.device)
         grads, (lw, sw) = gfn(params, consts, x, y, w)
-        sgd_step_(params, grads, bufs, sched)
+        sgd_step_(params, grads, bufs, sched, lr=sched.lr_at(s))
         lw_sum += lw
         w_sum += sw
     update = {n: params[n] - z0[n] for n in params}

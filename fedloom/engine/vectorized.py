@@ -98,7 +98,7 @@ class VectorizedEngine(Engine):
         for s in range(S):
             g = gidx[:, s]
             grads, (lw, sw) = step(params, consts, x_all[g], y_all[g], wts[:, s], cin)
-            sgd_step_(params, grads, bufs, sched, None if all_active else active[:, s])
+            sgd_step_(params, grads, bufs, sched, None if all_active else active[:, s], lr=sched.lr_at(s))
             lw_sum += lw
             w_sum += sw
         losses = (lw_sum / w_sum.clamp_min(1.0)).tolist()
