@@ -6,6 +6,9 @@ method sees the same clients, the same training windows and the same number of s
 * fedavg-transformer  -- decoder-only Transformer (default: 2 layers, d_model 128, 4 heads, d_ff 512, post-LN,
   tied embeddings), client SGD, server W <- W + H (McMahan et al.)
 * fedadam-transformer -- the same, server Adam on the averaged update (Reddi et al.'s FedAdam)
+* fedavg-transformer-noam -- fedavg with the paper's warmup schedule on the client SGD learning rate
+  (``client.lr_schedule: noam``; epoch mode, so t = the round: linear warmup for ``--fed-warmup`` rounds, then
+  t^-0.5 decay), scaled so that its peak equals ``--lr``
 * fedavg-lstm         -- LEAF's Shakespeare model (8-dim embedding, 2-layer LSTM of 256 units), client SGD
 * central-transformer -- the same Transformer trained on the pooled training windows of the same clients
   with the paper's optimizer: Adam(0.9, 0.98, 1e-9) and lrate = d^-0.5 min(step^-0.5, step warmup^-1.5)
@@ -53,8 +56,8 @@ from fedloom.models.transformer import noam_lr
 from fedloom.rng import torch_generator
 from fedloom.simulation import Simulation, evaluate
 
-METHODS = ("fedavg-transformer", "fedadam-transformer", "fedavg-lstm", "central-transformer",
-           "central-transformer-sgd")
+METHODS = ("fedavg-transformer", "fedadam-transformer", "fedavg-transformer-noam", "fedavg-lstm",
+           "central-transformer", "central-transformer-sgd")
 
 
 def parse() -> argparse.Namespace:
@@ -76,6 +79,7 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--tie", action="store_true", help="tie output and input embeddings (the paper; stalls "
                     "under SGD at this scale, see results)")
     ap.add_argument("--warmup", type=int, default=200, help="central Adam warmup steps (paper: 4000)")
+    ap.add_argument("--fed-warmup", type=int, default=5, help="fedavg-transformer-noam: warmup rounds")
     ap.add_argument("--eval-every", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", choices=METHODS, default=list(METHODS))
@@ -83,12 +87,15 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def config(a, model: dict, server_opt, lr: float) -> dict:
+def config(a, model: dict, server_opt, lr: float, schedule: dict | None = None) -> dict:
+    client = {"lr": lr, "batch_size": a.batch, "epochs": a.epochs}
+    if schedule:
+        client["lr_schedule"] = schedule
     return {"name": "shakespeare", "rounds": a.rounds, "cohort_size": a.cohort, "seed": a.seed, "threads": 1,
             "progress": False, "checkpoint_every": 0, "eval_every": a.eval_every, "eval_batch_size": 1024,
             "data": {"dataset": dataset_params(a), "partition": "natural", "num_clients": a.clients},
             "model": model, "server_optimizer": server_opt,
-            "client": {"lr": lr, "batch_size": a.batch, "epochs": a.epochs}}
+            "client": client}
 
 
 def dataset_params(a) -> dict:
@@ -101,8 +108,9 @@ def transformer(a) -> dict:
             "per_position": True, "tie_embeddings": a.tie}
 
 
-def run_federated(a, data, model: dict, server_opt, lr: float) -> tuple[list[dict], int]:
-    sim = Simulation(validate_config(config(a, model, server_opt, lr)), data=data)
+def run_federated(a, data, model: dict, server_opt, lr: float, schedule: dict | None = None
+                  ) -> tuple[list[dict], int]:
+    sim = Simulation(validate_config(config(a, model, server_opt, lr, schedule)), data=data)
     recs = sim.run()
     steps = sum(sim.schedule.num_steps(len(data.client_indices[k])) for r in recs for k in r["reported_ids"])
     return [{k: r[k] for k in ("round", "test_accuracy", "test_loss", "train_loss", "bytes_up", "bytes_down",
@@ -163,6 +171,8 @@ def main() -> None:
     steps_total = None
     plan = {"fedavg-transformer": (transformer(a), "sgd", a.lr),
             "fedadam-transformer": (transformer(a), {"name": "adam", "lr": a.server_adam_lr}, a.lr),
+            "fedavg-transformer-noam": (transformer(a), "sgd", a.lr / noam_lr(a.fed_warmup, a.d_model, a.fed_warmup),
+                                        {"name": "noam", "d_model": a.d_model, "warmup": a.fed_warmup}),
             "fedavg-lstm": ({"name": "lstm", "per_position": True}, "sgd", a.lstm_lr)}
     for name in [m for m in METHODS if m in a.only and m in plan]:
         t = time.perf_counter()

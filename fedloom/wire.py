@@ -47,26 +47,38 @@ class Message:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def encode(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> bytes:
+def encode(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> bytearray:
+    """Serialize ``tensors`` (+ JSON ``meta``) into one message. Each tensor's bytes are copied exactly once,
+    into the preallocated message (a ``bytearray``; :func:`decode` then reads it without another copy)."""
     entries = []
-    blobs = []
+    parts = []
     for name, t in tensors.items():
         t = t.detach()
         if t.dtype not in _NAMES:
             raise MessageError(f"entry {name!r}: unsupported dtype {t.dtype}")
-        t = t.contiguous().cpu()
-        raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        entries.append({"name": name, "dtype": _NAMES[t.dtype], "shape": list(t.shape), "nbytes": len(raw)})
-        blobs.append(raw)
+        nb = t.numel() * t.element_size()
+        entries.append({"name": name, "dtype": _NAMES[t.dtype], "shape": list(t.shape), "nbytes": nb})
+        parts.append((t, nb))
     header = json.dumps({"entries": entries, "meta": dict(meta or {})}, separators=(",", ":")).encode()
-    return b"".join([MAGIC, struct.pack("<I", len(header)), header, *blobs])
+    off = 8 + len(header)
+    out = bytearray(off + sum(nb for _, nb in parts))
+    out[:4] = MAGIC
+    out[4:8] = struct.pack("<I", len(header))
+    out[8:off] = header
+    for t, nb in parts:
+        if nb:
+            dst = torch.frombuffer(out, dtype=torch.uint8, count=nb, offset=off)
+            dst.copy_(t.reshape(-1).view(torch.uint8) if t.is_contiguous() else t.contiguous().reshape(-1).view(torch.uint8))
+        off += nb
+    return out
 
 
 def decode(data: bytes, expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None) -> Message:
     """Decode ``data``; if ``expected`` maps names to (shape, dtype), the message must match it exactly."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MessageError(f"message must be bytes, got {type(data).__name__}")
-    data = bytes(data)
+    if isinstance(data, memoryview):
+        data = bytes(data)
     if len(data) < 8 or data[:4] != MAGIC:
         raise MessageError("bad magic: not a fedloom message")
     (hlen,) = struct.unpack("<I", data[4:8])
@@ -80,7 +92,9 @@ def decode(data: bytes, expected: Mapping[str, tuple[tuple[int, ...], torch.dtyp
         raise MessageError(f"malformed header: {e}") from None
     off = 8 + hlen
     out: dict[str, torch.Tensor] = {}
-    buf = bytearray(data)  # writable copy so torch.frombuffer does not warn
+    # tensors are views of a writable buffer (torch.frombuffer warns on read-only bytes): a message made by
+    # encode() is used in place (no copy); received bytes are copied once
+    buf = data if isinstance(data, bytearray) else bytearray(data)
     for e in entries:
         try:
             name, dt, shape, nb = e["name"], _DTYPES[e["dtype"]], tuple(int(s) for s in e["shape"]), int(e["nbytes"])

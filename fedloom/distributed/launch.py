@@ -9,7 +9,7 @@ or the same through the CLI: ``torchrun ... $(which fedloom) train-dp algorithm=
 
 torchrun, two nodes of 8 ranks (run on each node; MASTER is node 0's address)::
 
-    torchrun --nnodes 2 --nproc-per-node 8 --node-rank $NODE --rdzv-backend c10d \\
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-id RUN \\
         --rdzv-endpoint $MASTER:29400 -m fedloom.distributed.launch algorithm=hierarchical group_size=8 ...
 
 In-process (tests): :func:`spawn` starts ``world_size`` processes with ``torch.multiprocessing`` that

@@ -15,7 +15,7 @@ engine.
 
 Multi-node (2 nodes x 8 CPU processes; gloo, or nccl with ``device=cuda``); only rank 0 writes the run dir::
 
-    torchrun --nnodes 2 --nproc-per-node 8 --node-rank $NODE --rdzv-backend c10d \\
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-id RUN \\
         --rdzv-endpoint $MASTER:29400 -m fedloom.distributed.simulate examples/fedavg_digits.yaml \\
         engine=distributed threads=1 --out runs/scaleout
 
