@@ -39,11 +39,13 @@ def _finish(sim, out: Path, t0: float) -> int:
     from fedloom.metrics.report import make_report
 
     records = sim.metrics.records
-    plots = make_report([out])
-    acc = next((r["test_accuracy"] for r in reversed(records) if r["test_accuracy"] is not None), None)
+    head = sim.algorithm.headline
+    plots = make_report([out], metric=head)
+    val = next((r[head] for r in reversed(records) if r.get(head) is not None), None)
     up = sum(r["bytes_up"] for r in records)
     down = sum(r["bytes_down"] for r in records)
-    print(f"final test accuracy {acc:.4f} after {len(records)} rounds in {time.perf_counter() - t0:.1f} s; "
+    shown = f"{val:.4f}" if val is not None else "not recorded"
+    print(f"final {head.replace('_', ' ')} {shown} after {len(records)} rounds in {time.perf_counter() - t0:.1f} s; "
           f"{up / 1e6:.2f} MB up, {down / 1e6:.2f} MB down")
     print(f"metrics: {out / 'metrics.jsonl'}; plots: {', '.join(str(p) for p in plots)}")
     return 0
@@ -87,7 +89,8 @@ def _cmd_list(a: argparse.Namespace) -> int:
     import fedloom.components  # noqa: F401
     from fedloom import registry as R
 
-    for reg in (R.ALGORITHMS, R.DATASETS, R.PARTITIONERS, R.MODELS, R.ENGINES, R.SERVER_OPTIMIZERS):
+    for reg in (R.ALGORITHMS, R.DATASETS, R.ENVIRONMENTS, R.PARTITIONERS, R.MODELS, R.ENGINES,
+                R.SERVER_OPTIMIZERS, R.LR_SCHEDULES):
         print(f"{reg.kind}s:")
         for e in reg.items():
             fields = ", ".join(f"{k}={v.default!r}" for k, v in e.params.model_fields.items())

@@ -86,6 +86,8 @@ class Simulation:
                 ENVIRONMENTS.entry(d.dataset.name).params(**d.dataset.params), d.num_clients, cfg.seed)
         self.data = data or build_federated(d.dataset.name, d.dataset.params, d.num_clients, d.partition.name,
                                             d.partition.params, cfg.seed)
+        self.algorithm: Algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.params)
+        self.data = self.algorithm.prepare_data(self.data, cfg)  # e.g. FAug fills the devices' missing labels
         self.attack = (Attack(cfg.attack.name, cfg.attack.params, self.data.num_clients, cfg.seed)
                        if cfg.attack is not None else None)
         if self.attack is not None:
@@ -96,7 +98,6 @@ class Simulation:
         torch.manual_seed(derive_seed(cfg.seed, "model-init"))
         src = self.data.source
         self.model = build_model(cfg.model.name, cfg.model.params, src.input_shape, src.num_classes).to(self.device)
-        self.algorithm: Algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.params)
         self.algorithm.setup(self.model)
         c = cfg.client
         self.schedule: LocalSchedule = self.algorithm.schedule(
@@ -113,20 +114,20 @@ class Simulation:
         self.buffers = {k: v.detach().clone() for k, v in self.model.named_buffers()}
         self.state = ServerState(params, self.server_opt.init(params))
         self.expected = {k: (tuple(v.shape), v.dtype) for k, v in params.items()}
-        self.upload = self.algorithm.upload_spec(self.expected)  # what every client message must carry
         self.client_states: dict[int, Any] = {}  # stateful clients (SCAFFOLD's c_i, FD's device models)
-        self.codecs = self._build_codecs()  # update codec chain (fedloom.codecs); None = raw float32 updates
         self.current_round = 0
-        # -- secure aggregation (fedloom.crypto.secagg): steps 4-5 on Paillier ciphertexts; None = off --
+        self.out_dir: Path | None = None
+        self.metrics = MetricsWriter(None)
         sa = secure_aggregation if secure_aggregation is not None else getattr(cfg, "secure_aggregation", None)
-        self.secagg = None
+        self.secagg_config, self.secagg = sa, None
+        self.algorithm.bind(self)
+        self.upload = self.algorithm.upload_spec(self.expected)  # what every client message must carry
+        self.codecs = self._build_codecs()  # update codec chain (fedloom.codecs); None = raw float32 updates
+        # -- secure aggregation (fedloom.crypto.secagg): steps 4-5 on Paillier ciphertexts; None = off --
         if sa is not None:
             from fedloom.crypto.secagg import build_secure_aggregation
 
             self.secagg = build_secure_aggregation(self, sa)
-        self.out_dir: Path | None = None
-        self.metrics = MetricsWriter(None)
-        self.algorithm.bind(self)
         if out_dir:
             self.attach_output(out_dir)
 
@@ -209,13 +210,13 @@ class Simulation:
         self.current_round = rnd
         alg = self.algorithm
         shared = {**(st.params if alg.broadcasts_model else {}), **alg.broadcast_extras(st)}
-        down = wire.encode(shared, {"round": rnd})
+        down = wire.encode(shared, {"round": rnd}) if shared else b""  # nothing shared (FD): nothing sent
         # 1. sample: the planner decides who reports (dropouts and stragglers never send an update)
         plan = self.sample_cohort(rnd, len(down))
         cohort = plan.reporting
         # 2. broadcast: one serialized message, received by every sampled client (+ personalized ones, if any)
         spec = {k: (tuple(v.shape), v.dtype) for k, v in shared.items()}
-        received = {k: v.to(self.device) for k, v in wire.decode(down, spec).tensors.items()}
+        received = {k: v.to(self.device) for k, v in wire.decode(down, spec).tensors.items()} if shared else {}
         bytes_down = len(down) * len(plan.sampled)
         personal = {}
         reporting = set(cohort)
@@ -346,5 +347,5 @@ class Simulation:
             bar.close()
             self.metrics.close()
         if self.out_dir:
-            torch.save({k: v.cpu() for k, v in self.state.params.items()}, self.out_dir / "model.pt")
+            torch.save(self.algorithm.final_state(self), self.out_dir / "model.pt")
         return self.metrics.records

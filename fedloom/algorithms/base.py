@@ -178,9 +178,19 @@ class Algorithm:
         """Called once with the architecture template before the first round, for algorithms whose
         aggregation depends on the model's structure (Fed2's group layout, neuron matching). Default: nothing."""
 
+    def prepare_data(self, data: Any, cfg: Any) -> Any:
+        """Called once right after the federated data is built, before anything is sized from it (sampling
+        weights, the model): return the data the run uses (FAug adds generated samples). Default: unchanged."""
+        return data
+
+    def final_state(self, sim: Any) -> dict[str, Any]:
+        """What ``model.pt`` holds at the end of a run. Default: the global model's parameters."""
+        return {k: v.cpu() for k, v in sim.state.params.items()}
+
     def bind(self, sim: Any) -> None:
-        """Called once at the end of ``Simulation.__init__`` with the run (config, data, model template, device,
-        server state): build per-device models, environments, probe sets here. Default: nothing."""
+        """Called once near the end of ``Simulation.__init__`` with the run (config, data, model template, device,
+        server state), before :meth:`upload_spec` is read and codecs / secure aggregation are set up: build
+        per-device models, environments, probe sets here. Default: nothing."""
 
     def server_update(self, state: Any, agg: Params, server_opt: Any) -> dict[str, Any]:
         """Step 6: apply the aggregated update to the server state; return extra metrics for the round's

@@ -82,7 +82,7 @@ class HierarchicalLocalSGD(PostLocalSGD):
         so = sim.cfg.server_optimizer
         if so.name != "sgd" or so.params.get("lr", 1.0) != 1.0 or so.params.get("momentum", 0.0):
             raise ValueError("server_optimizer: hierarchical local SGD averages models (use sgd with lr 1)")
-        if sim.dp is not None or sim.secagg is not None or sim.aggregator.name != "mean":
+        if sim.dp is not None or sim.secagg_config is not None or sim.aggregator.name != "mean":
             raise ValueError("algorithm hierarchical: averages per group; DP, secure aggregation and robust "
                              "aggregators are not supported")
         self.num_groups = n // g

@@ -1,4 +1,5 @@
-"""Plots for a run directory: accuracy vs round and accuracy vs cumulative bytes (up + down)."""
+"""Plots for a run directory: the headline metric (test accuracy, or the algorithm's own, e.g. an RL return)
+vs round and vs cumulative bytes (up + down)."""
 
 from __future__ import annotations
 
@@ -7,22 +8,41 @@ from pathlib import Path
 from fedloom.metrics.history import read_metrics
 
 
-def _series(records):
+def headline_of(run_dir: Path, records: list[dict]) -> str:
+    """The metric a run is judged by: test_accuracy when recorded, else its algorithm's ``headline``."""
+    if any(r.get("test_accuracy") is not None for r in records):
+        return "test_accuracy"
+    try:
+        import yaml
+
+        import fedloom.components  # noqa: F401
+        from fedloom.registry import ALGORITHMS
+
+        alg = yaml.safe_load((run_dir / "config.yaml").read_text())["algorithm"]
+        name = alg if isinstance(alg, str) else alg["name"]
+        return getattr(ALGORITHMS.get(name), "headline", "test_accuracy")
+    except (OSError, KeyError, TypeError, ValueError):
+        return "test_accuracy"
+
+
+def _series(records, metric: str = "test_accuracy"):
     rounds, acc, cum_bytes, cum_up = [], [], [], []
     total = up = 0
     for r in records:
         total += (r.get("bytes_up") or 0) + (r.get("bytes_down") or 0)
         up += r.get("bytes_up") or 0
-        if r.get("test_accuracy") is not None:
+        if r.get(metric) is not None:
             rounds.append(r["round"])
-            acc.append(r["test_accuracy"])
+            acc.append(r[metric])
             cum_bytes.append(total)
             cum_up.append(up)
     return rounds, acc, cum_bytes, cum_up
 
 
-def make_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> list[Path]:
-    """Draw the plots for one or more runs (overlaid); returns the PNG paths."""
+def make_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, metric: str | None = None
+                ) -> list[Path]:
+    """Draw the plots for one or more runs (overlaid); returns the PNG paths. ``metric``: the y axis
+    (default: the first run's headline, see :func:`headline_of`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,15 +53,18 @@ def make_report(run_dirs: list[str | Path], out_dir: str | Path | None = None) -
     out.mkdir(parents=True, exist_ok=True)
     fig1, ax1 = plt.subplots(figsize=(6, 4))
     fig2, ax2 = plt.subplots(figsize=(6, 4))
+    metric = metric or headline_of(run_dirs[0], read_metrics(run_dirs[0]))
     for d in run_dirs:
-        rounds, acc, cb, _ = _series(read_metrics(d))
+        rounds, acc, cb, _ = _series(read_metrics(d), metric)
         label = d.name
         ax1.plot(rounds, acc, marker=".", label=label)
         ax2.plot([b / 1e6 for b in cb], acc, marker=".", label=label)
-    ax1.set(xlabel="round", ylabel="test accuracy", title="accuracy vs round")
-    ax2.set(xlabel="cumulative MB on the wire (up + down)", ylabel="test accuracy", title="accuracy vs bytes")
+    label = "test accuracy" if metric == "test_accuracy" else metric.replace("_", " ")
+    stem = "accuracy" if metric == "test_accuracy" else metric
+    ax1.set(xlabel="round", ylabel=label, title=f"{label} vs round")
+    ax2.set(xlabel="cumulative MB on the wire (up + down)", ylabel=label, title=f"{label} vs bytes")
     paths = []
-    for fig, ax, name in ((fig1, ax1, "accuracy_vs_round.png"), (fig2, ax2, "accuracy_vs_bytes.png")):
+    for fig, ax, name in ((fig1, ax1, f"{stem}_vs_round.png"), (fig2, ax2, f"{stem}_vs_bytes.png")):
         ax.grid(alpha=0.3)
         if len(run_dirs) > 1:
             ax.legend(fontsize=8)
