@@ -236,28 +236,28 @@ class Simulation:
                           personal=personal, client_states=self.client_states)
         outputs = [self.client_side(k, rnd, alg.client_finish(task, k, o))
                    for k, o in zip(cohort, self.engine.run(task))]
-        # 4. encode on each client
-        if self.secagg is not None:  # secure aggregation: pack + encrypt n_k * update under the authority's key
-            msgs = [self.secagg.encode(rnd, k, o) for k, o in zip(cohort, outputs)]
-        else:
-            msgs = [self.encode_update(k, o) for k, o in zip(cohort, outputs)]
-        bytes_up = sum(len(m) for m in msgs)
-        # 5. decode + validate + aggregate
+        # 4. encode on each client; 5. decode + validate on the server. Plain messages are decoded as they
+        # arrive (one client at a time, while its bytes are still in cache); the results are the same.
         updates, weights, metas, rejected = [], [], [], []
-        if self.secagg is not None:  # secure aggregation: the server multiplies ciphertexts, the key authority
-            updates, weights, metas, rejected = self.secagg.aggregate(rnd, cohort, msgs)  # decrypts the mean
-            msgs = []  # nothing is decoded in the clear
-        for k, m in zip(cohort, msgs):
-            try:
-                upd, meta = self.decode_update(k, m)
-                wgt = self.algorithm.client_weight(meta)  # may validate the meta (e.g. per-class counts)
-            except (wire.MessageError, ValueError) as e:
-                log.warning("round %d: rejected update from client %d: %s", rnd, k, e)
-                rejected.append({"client": k, "reason": str(e)})
-                continue
-            updates.append(upd)
-            metas.append(meta)
-            weights.append(wgt)
+        bytes_up = 0
+        if self.secagg is not None:  # secure aggregation: pack + encrypt n_k * update under the authority's key;
+            msgs = [self.secagg.encode(rnd, k, o) for k, o in zip(cohort, outputs)]  # the server multiplies
+            bytes_up = sum(len(m) for m in msgs)  # ciphertexts, the key authority decrypts the mean
+            updates, weights, metas, rejected = self.secagg.aggregate(rnd, cohort, msgs)
+        else:
+            for k, o in zip(cohort, outputs):
+                m = self.encode_update(k, o)
+                bytes_up += len(m)
+                try:
+                    upd, meta = self.decode_update(k, m)
+                    wgt = self.algorithm.client_weight(meta)  # may validate the meta (e.g. per-class counts)
+                except (wire.MessageError, ValueError) as e:
+                    log.warning("round %d: rejected update from client %d: %s", rnd, k, e)
+                    rejected.append({"client": k, "reason": str(e)})
+                    continue
+                updates.append(upd)
+                metas.append(meta)
+                weights.append(wgt)
         # 6. apply, evaluate, record
         rec: dict[str, Any] = {"round": rnd, "test_accuracy": None, "test_loss": None}
         st.round, st.reported = rnd, len(updates)
