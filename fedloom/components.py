@@ -5,6 +5,7 @@ import fedloom.codecs  # noqa: F401
 import fedloom.data.datasets  # noqa: F401
 import fedloom.data.partition  # noqa: F401
 import fedloom.data.text  # noqa: F401
+import fedloom.distill  # noqa: F401  (fd algorithm, target_labels partitioner)
 import fedloom.engine  # noqa: F401
 import fedloom.models  # noqa: F401
 import fedloom.schedules  # noqa: F401
