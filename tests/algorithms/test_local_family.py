@@ -9,7 +9,7 @@ from fedloom.simulation import Simulation
 
 
 def _cfg(alg: dict, rounds: int = 8, n: int = 4, **extra):
-    return validate_config(dict(rounds=rounds, cohort_size=n, progress=False, seed=0, checkpoint_every=0,
+    return validate_config(dict(rounds=rounds, cohort_size=n, progress=False, seed=0, threads=1, checkpoint_every=0,
                                 data=dict(dataset="digits", partition="iid", num_clients=n),
                                 model=dict(name="mlp", hidden=[16]), algorithm=alg,
                                 client=dict(lr=0.1, batch_size=8), **extra))

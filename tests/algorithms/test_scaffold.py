@@ -12,7 +12,7 @@ N = 10
 
 def _cfg(alg: str, engine: str = "vectorized", rounds: int = 30, cohort: int = N, **extra):
     return validate_config({
-        "name": "t", "seed": 0, "rounds": rounds, "cohort_size": cohort, "eval_every": rounds, "progress": False,
+        "name": "t", "seed": 0, "threads": 1, "rounds": rounds, "cohort_size": cohort, "eval_every": rounds, "progress": False,
         "engine": engine, "checkpoint_every": 0,
         "data": {"dataset": "digits", "partition": {"name": "dirichlet", "alpha": 0.1}, "num_clients": N},
         "model": "logreg", "algorithm": {"name": alg, "weighting": "uniform"},

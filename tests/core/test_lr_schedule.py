@@ -14,7 +14,7 @@ def _cfg(engine="vectorized", lr=0.1, schedule=None, local_steps=5, rounds=3):
     client = {"lr": lr, "batch_size": 10, "local_steps": local_steps, "momentum": 0.5}
     if schedule is not None:
         client["lr_schedule"] = schedule
-    return validate_config(dict(rounds=rounds, cohort_size=4, progress=False, seed=0, checkpoint_every=0,
+    return validate_config(dict(rounds=rounds, cohort_size=4, progress=False, seed=0, threads=1, checkpoint_every=0,
                                 engine=engine, data=dict(dataset="digits", partition=dict(name="dirichlet", alpha=0.5),
                                                          num_clients=8),
                                 model=dict(name="mlp", hidden=[16]), client=client))
