@@ -85,6 +85,13 @@ def _cmd_run(a: argparse.Namespace) -> int:
     return _finish(sim, out, t0)
 
 
+def _default(field) -> str:
+    """A parameter's default as shown by ``fedloom list`` (``required`` when it has none)."""
+    if field.default_factory is not None:
+        return repr(field.default_factory())
+    return "required" if field.is_required() else repr(field.default)
+
+
 def _cmd_list(a: argparse.Namespace) -> int:
     import fedloom.components  # noqa: F401
     from fedloom import registry as R
@@ -93,7 +100,7 @@ def _cmd_list(a: argparse.Namespace) -> int:
                 R.SERVER_OPTIMIZERS, R.LR_SCHEDULES):
         print(f"{reg.kind}s:")
         for e in reg.items():
-            fields = ", ".join(f"{k}={v.default!r}" for k, v in e.params.model_fields.items())
+            fields = ", ".join(f"{k}={_default(v)}" for k, v in e.params.model_fields.items())
             print(f"  {e.name:<16} {e.summary}" + (f"  [{fields}]" if fields else ""))
     return 0
 
