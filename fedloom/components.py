@@ -8,4 +8,5 @@ import fedloom.data.text  # noqa: F401
 import fedloom.distill  # noqa: F401  (fd algorithm, target_labels partitioner)
 import fedloom.engine  # noqa: F401
 import fedloom.models  # noqa: F401
+import fedloom.rl  # noqa: F401  (fedppo, fedtrpo, actor_critic model, cartpole/acrobot/pendulum/... environments)
 import fedloom.schedules  # noqa: F401

@@ -1,0 +1,317 @@
+"""Federated reinforcement learning: PPO / TRPO clients in environments with their own physics.
+
+The round is fedloom's usual loop (papers.md section 7, "federated RL mapping"):
+
+1. the server broadcasts theta (policy) and phi (value function): the ``actor_critic`` model's parameters;
+2. each sampled client k resets its own ``n_envs`` environments (physics drawn for client k when the run is
+   built), collects ``n_envs * n_steps`` steps with pi_theta and runs its PPO epochs (Algorithm 1, steps 2-3) or
+   one TRPO step plus the value fit, ``local_iterations`` times; it uploads the parameter change;
+3. the server averages the changes weighted by timesteps (``weighting: samples``; every client's
+   ``num_samples`` is its step count) and applies them with the configured server optimizer;
+4. the server records KLbar(pi_prev || pi_new) over states that pi_prev visits on the server's own held-out
+   environments (``policy_kl``): the trust region (TRPO's delta, PPO's clipping) is enforced only locally, on
+   each client's own states, so nothing bounds the averaged policy's move by delta. ``local_kl_mean`` is the
+   clients' mean KL from the broadcast policy, measured on their own rollouts (other states than the probe's).
+
+On evaluation rounds the global policy acts deterministically for ``eval_episodes`` episodes on every client's
+environment (``return_clients``, mean ``return_mean``) and on held-out dynamics that no client trains on
+(``return_heldout``, mean ``return_heldout_mean``), all in one batched vector env.
+
+Environments are registered in :data:`fedloom.registry.ENVIRONMENTS` (``cartpole``, ``acrobot``, ``pendulum``,
+``mountain_car``, ``mountain_car_continuous``); a run names one as ``data.dataset`` with the per-client physics
+distribution ``dynamics: {attribute: [low, high]}`` (uniform; defaults in :data:`fedloom.rl.envs.DEFAULT_DYNAMICS`).
+
+Every random draw is derived from (seed, round, client): the client's environment reset, its action sampling
+(in a forked torch RNG) and its minibatch order, so a run is reproducible and resumes bit-identically. A client
+starts fresh episodes each round (a segment's last, unfinished episode is bootstrapped with V), and a fresh
+Adam state; the KL-penalty coefficient beta of PPO's adaptive variant is per-client state kept between rounds.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from torch.distributions import kl_divergence
+
+from fedloom.algorithms.base import Algorithm, AlgorithmParams, ClientOutput
+from fedloom.registry import ALGORITHMS, ENVIRONMENTS
+from fedloom.rl.envs import (
+    DEFAULT_DYNAMICS,
+    PHYSICS,
+    make_mixed_vector_env,
+    make_vector_env,
+    sample_dynamics,
+    space_info,
+)
+from fedloom.rl.policies import ActorCritic
+from fedloom.rl.ppo import PPOConfig, adapt_beta, ppo_update
+from fedloom.rl.rollout import Rollout, RolloutCollector, evaluate_policy
+from fedloom.rl.trpo import TRPOConfig, trpo_update
+from fedloom.rng import derive_seed, torch_generator
+
+
+# -- the environment "data" ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class EnvSource:
+    """What the simulation reads off ``data.source`` to build the model: observation shape and number of actions
+    (categorical) or action dimension (gaussian)."""
+
+    env_id: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    distribution: str
+
+
+@dataclass
+class ClientEnvironments:
+    """A federated RL population: client k runs ``env_id`` with physics ``dynamics[k]``; ``heldout`` are physics
+    no client trains on (generalization to unseen dynamics is the point of federating)."""
+
+    env_id: str
+    dynamics: list[dict[str, float]]
+    heldout: list[dict[str, float]]
+    source: EnvSource = field(init=False)
+    _envs: dict[tuple[int, int], Any] = field(default_factory=dict, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        obs_dim, kind, n = space_info(self.env_id)
+        self.source = EnvSource(self.env_id, (obs_dim,), n, kind)
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.dynamics)
+
+    @property
+    def client_sizes(self) -> torch.Tensor:
+        """One environment per client: equal sizes (uniform sampling under ``system.sampling: weighted``)."""
+        return torch.ones(self.num_clients, dtype=torch.int64)
+
+    @property
+    def client_indices(self):
+        raise ValueError(f"data.dataset: {self.env_id} is an RL environment, not labelled data; use algorithm "
+                         "fedppo or fedtrpo")
+
+    def vector_env(self, k: int, num_envs: int):
+        """Client k's ``num_envs`` environments (built once, reset by their user)."""
+        key = (k, num_envs)
+        if key not in self._envs:
+            self._envs[key] = make_vector_env(self.env_id, num_envs, self.dynamics[k])
+        return self._envs[key]
+
+
+class EnvironmentParams(BaseModel):
+    """Per-client physics of a classic-control environment family."""
+
+    model_config = ConfigDict(extra="forbid")
+    env_id: ClassVar[str]
+    version: str | None = Field(None, description="gymnasium id override, e.g. CartPole-v0")
+    dynamics: dict[str, tuple[float, float]] | None = Field(
+        None, description="client physics: attribute -> [low, high], drawn uniformly per client (null: defaults)")
+    heldout_clients: int = Field(4, ge=0, description="held-out physics draws that no client trains on")
+    heldout_dynamics: dict[str, tuple[float, float]] | None = Field(
+        None, description="distribution of the held-out physics (null: the clients' distribution)")
+
+    @field_validator("version")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        family = [e for e in PHYSICS if e.split("-")[0] == cls.env_id.split("-")[0]]
+        if v is not None and v not in family:
+            raise ValueError(f"{v!r} is not a version of {cls.env_id}; allowed: {', '.join(family)}")
+        return v
+
+    @field_validator("dynamics", "heldout_dynamics")
+    @classmethod
+    def _ranges(cls, ranges: dict[str, tuple[float, float]] | None, info: ValidationInfo):
+        env_id = info.data.get("version") or cls.env_id
+        bad = [n for n in ranges or {} if n not in PHYSICS[env_id]]
+        if bad:
+            raise ValueError(f"unknown physical attribute(s) {', '.join(map(repr, bad))} of {env_id}; "
+                             f"allowed: {', '.join(PHYSICS[env_id])}")
+        for n, (lo, hi) in (ranges or {}).items():
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise ValueError(f"{n}: need a finite range low <= high, got [{lo}, {hi}]")
+        return ranges
+
+
+def build_environments(env_id: str, p: EnvironmentParams, num_clients: int, seed: int) -> ClientEnvironments:
+    """Draw every client's physics and the held-out physics from their distributions (seeded)."""
+    ranges = p.dynamics if p.dynamics is not None else DEFAULT_DYNAMICS[env_id]
+    held_ranges = p.heldout_dynamics if p.heldout_dynamics is not None else ranges
+    rng = np.random.default_rng(derive_seed(seed, "rl-dynamics"))
+    rng_h = np.random.default_rng(derive_seed(seed, "rl-heldout-dynamics"))
+    return ClientEnvironments(env_id, [sample_dynamics(ranges, rng) for _ in range(num_clients)],
+                              [sample_dynamics(held_ranges, rng_h) for _ in range(p.heldout_clients)])
+
+
+def _register(name: str, env_id: str) -> None:
+    params = type(f"{env_id.split('-')[0]}Params", (EnvironmentParams,), {"env_id": env_id, "__module__": __name__})
+
+    def factory(p: EnvironmentParams, num_clients: int, seed: int) -> ClientEnvironments:
+        return build_environments(p.version or env_id, p, num_clients, seed)
+
+    ENVIRONMENTS.register(name, params, f"gymnasium {env_id}, per-client physics ({', '.join(PHYSICS[env_id])})")(
+        factory)
+
+
+for _name, _env in [("cartpole", "CartPole-v1"), ("acrobot", "Acrobot-v1"), ("pendulum", "Pendulum-v1"),
+                    ("mountain_car", "MountainCar-v0"), ("mountain_car_continuous", "MountainCarContinuous-v0")]:
+    _register(_name, _env)
+
+
+# -- the algorithm --------------------------------------------------------------------------------------------------
+class _FedRLParams(AlgorithmParams):
+    weighting: str = Field("samples", pattern="^(samples|uniform)$",
+                           description="samples: weight each client by its timesteps; uniform: equal weights")
+    local_iterations: int = Field(1, ge=1, description="collect + update cycles per client per round")
+    eval_episodes: int = Field(10, ge=1, description="deterministic episodes per environment on eval rounds")
+    kl_probe_steps: int = Field(1024, ge=1, description="states pi_prev visits (held-out envs) for policy_kl")
+
+
+class FedPPOParams(_FedRLParams, PPOConfig):
+    """Federated PPO: the PPO hyperparameters of every client plus the federated settings."""
+
+
+class FedTRPOParams(_FedRLParams, TRPOConfig):
+    """Federated TRPO: the TRPO hyperparameters of every client plus the federated settings."""
+
+
+class FederatedRL(Algorithm):
+    """Shared machinery of :class:`FedPPO` and :class:`FedTRPO`; subclasses supply :meth:`local_update`."""
+
+    vectorizable = False  # client work is environment interaction, not local SGD on a loss
+    headline = "return_mean"
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+    def bind(self, sim: Any) -> None:
+        data, model, name = sim.data, sim.model, sim.cfg.algorithm.name
+        if not isinstance(data, ClientEnvironments):
+            raise ValueError(f"data.dataset: algorithm {name!r} needs an RL environment "
+                             f"({', '.join(ENVIRONMENTS.names())}), got {sim.cfg.data.dataset.name!r}")
+        if not isinstance(model, ActorCritic):
+            raise ValueError(f"model.name: algorithm {name!r} needs model 'actor_critic', got {sim.cfg.model.name!r}")
+        if model.kind != data.source.distribution:
+            raise ValueError(f"model.distribution: {data.env_id} has "
+                             f"{'discrete' if data.source.distribution == 'categorical' else 'continuous'} actions; "
+                             f"set model.distribution={data.source.distribution}")
+        self.data, self.seed, self.rounds = data, sim.cfg.seed, sim.cfg.rounds
+        self.net = copy.deepcopy(model).cpu()   # the working policy: loaded with the broadcast / global parameters
+        self.prev = copy.deepcopy(model).cpu()  # pi_prev, for the server's policy_kl
+        self._eval_envs: dict[str, Any] = {}
+        self._local_kls: list[tuple[int, float]] = []
+
+    @staticmethod
+    def load(net: ActorCritic, params: Mapping[str, torch.Tensor]) -> ActorCritic:
+        with torch.no_grad():
+            for n, p in net.named_parameters():
+                p.copy_(params[n])
+        return net
+
+    # -- client side ---------------------------------------------------------------------------------------------
+    def local_update(self, net: ActorCritic, rollout: Rollout, state: dict, gen: torch.Generator,
+                     alpha: float) -> dict[str, float]:
+        """One local improvement step on a segment; ``alpha`` = 1 - (round - 1) / rounds anneals PPO's step size
+        and epsilon over the run when ``anneal_lr`` / ``anneal_clip`` are set."""
+        raise NotImplementedError
+
+    def train_client(self, task: Any, k: int) -> ClientOutput:
+        """Client k: from the broadcast (theta, phi), collect steps in its own environments and improve."""
+        p = self.p
+        net = self.load(self.net, {n: v.cpu() for n, v in task.params.items()})
+        venv = self.data.vector_env(k, p.n_envs)
+        state = dict(task.client_states.get(k) or {})
+        gen = torch_generator(task.seed, "rl-minibatches", task.round, k)
+        alpha = 1.0 - (task.round - 1) / self.rounds
+        with torch.random.fork_rng(devices=[]):  # action sampling: seeded per (round, client), global RNG untouched
+            torch.manual_seed(derive_seed(task.seed, "rl-actions", task.round, k))
+            collector = RolloutCollector(venv, p.n_steps, derive_seed(task.seed, "rl-env", task.round, k),
+                                         p.reward_scale)
+            kls = []
+            for _ in range(p.local_iterations):
+                rollout = collector.collect(net).compute_advantages(p.gamma, p.gae_lambda)
+                stats = self.local_update(net, rollout, state, gen, alpha)
+                kls.append(stats["kl"])
+        if state:
+            task.client_states[k] = state
+        update = {n: q.detach().to(task.params[n].device) - task.params[n] for n, q in net.named_parameters()}
+        eps = collector.episode_returns
+        meta = {"round": task.round, "local_kl": float(np.mean(kls)), "episodes": len(eps),
+                "episode_return": float(np.mean(eps)) if eps else None}
+        return ClientOutput(update, collector.steps, float(stats["value_loss"]), meta)
+
+    # -- server side ---------------------------------------------------------------------------------------------
+    def client_weight(self, meta: Mapping[str, Any]) -> float:
+        if "local_kl" in meta:
+            self._local_kls.append((int(meta.get("round", -1)), float(meta["local_kl"])))
+        return super().client_weight(meta)
+
+    def _probe_env(self):
+        if "probe" not in self._eval_envs:
+            dyn = self.data.heldout or [{}]  # the server's own environments (gymnasium defaults if none held out)
+            self._eval_envs["probe"] = make_mixed_vector_env(self.data.env_id, dyn)
+        return self._eval_envs["probe"]
+
+    def server_update(self, state: Any, agg: dict[str, torch.Tensor], server_opt: Any) -> dict[str, Any]:
+        """Apply the timestep-weighted mean update; record KLbar(pi_prev || pi_new) on states pi_prev visits."""
+        prev = self.load(self.prev, {n: v.cpu() for n, v in state.params.items()})
+        venv = self._probe_env()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.seed, "rl-kl-probe-actions", state.round))
+            steps = max(1, -(-self.p.kl_probe_steps // venv.num_envs))
+            probe = RolloutCollector(venv, steps, derive_seed(self.seed, "rl-kl-probe", state.round)).collect(prev)
+        obs = probe.obs.reshape(-1, *probe.obs.shape[2:])
+        state.opt_state = server_opt.step(state.params, agg, state.opt_state)
+        new = self.load(self.net, {n: v.cpu() for n, v in state.params.items()})
+        with torch.no_grad():
+            kl = float(kl_divergence(prev.distribution(obs), new.distribution(obs)).mean())
+        local = [v for r, v in self._local_kls if r == state.round]
+        self._local_kls.clear()
+        return {"policy_kl": kl, "local_kl_mean": float(np.mean(local)) if local else None}
+
+    def evaluate(self, sim: Any) -> dict[str, Any]:
+        """Deterministic returns of the global policy on every client's environment and on held-out physics."""
+        net = self.load(self.net, {n: v.cpu() for n, v in sim.state.params.items()})
+        E = self.p.eval_episodes
+        out: dict[str, Any] = {}
+        for tag, dyns in (("clients", self.data.dynamics), ("heldout", self.data.heldout)):
+            if not dyns:
+                continue
+            if tag not in self._eval_envs:
+                self._eval_envs[tag] = make_mixed_vector_env(self.data.env_id, [d for d in dyns for _ in range(E)])
+            with torch.random.fork_rng(devices=[]):
+                rets = evaluate_policy(net, self._eval_envs[tag], derive_seed(self.seed, "rl-eval", tag, sim.state.round))
+            per = rets.reshape(len(dyns), E).mean(1)
+            out["return_mean" if tag == "clients" else "return_heldout_mean"] = float(per.mean())
+            out[f"return_{tag}"] = [round(float(r), 2) for r in per]
+        return out
+
+
+@ALGORITHMS.register("fedppo", FedPPOParams, "federated PPO: clients run PPO epochs in their own environments; "
+                     "timestep-weighted mean")
+class FedPPO(FederatedRL):
+    """Clients run PPO (Schulman et al. 2017, Algorithm 1) from the global actor-critic."""
+
+    def local_update(self, net, rollout, state, gen, alpha):
+        p = self.p
+        opt = torch.optim.Adam(net.parameters(), lr=p.lr, eps=p.adam_eps, fused=True)
+        beta = state.get("beta", p.kl_beta)
+        stats = ppo_update(net, opt, rollout, p, alpha, beta, gen)
+        if p.objective == "kl_penalty" and p.adaptive_kl:
+            state["beta"] = adapt_beta(beta, stats["kl"], p.kl_target)
+        return stats
+
+
+@ALGORITHMS.register("fedtrpo", FedTRPOParams, "federated TRPO: clients take a TRPO step (KL <= delta locally) "
+                     "and fit V; timestep-weighted mean")
+class FedTRPO(FederatedRL):
+    """Clients take one TRPO step (Schulman et al. 2015) and fit the value function from the global model."""
+
+    def local_update(self, net, rollout, state, gen, alpha):
+        opt = torch.optim.Adam(list(net.value_parameters()), lr=self.p.vf_lr, fused=True)
+        return trpo_update(net, opt, rollout, self.p, gen)
