@@ -142,6 +142,13 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
             setattr(_get(cfg, parent) if parent else cfg, leaf, resolved)
     errors += _validate_codecs(cfg)
     alg_cls = R.ALGORITHMS.get(cfg.algorithm.name) if cfg.algorithm.name in R.ALGORITHMS else None
+    if alg_cls is not None:  # environments (RL) and labelled datasets need algorithms made for them
+        env, wants_env = cfg.data.dataset.name in R.ENVIRONMENTS, getattr(alg_cls, "uses_environments", False)
+        if env != wants_env:
+            need = "an RL environment" if wants_env else "a labelled dataset"
+            errors.append(f"data.dataset: algorithm {cfg.algorithm.name!r} needs {need}, got "
+                          f"{cfg.data.dataset.name!r}" + ("" if wants_env else " (an environment: use fedppo or "
+                                                                                "fedtrpo)"))
     if alg_cls is not None and (cfg.privacy is not None or cfg.aggregator.name != "mean"
                                 or cfg.aggregator.params.get("max_norm") is not None):
         from fedloom.algorithms.base import Algorithm

@@ -105,6 +105,7 @@ class Algorithm:
     vectorizable: bool = True
     broadcasts_model: bool = True  # False: the shared down message carries only broadcast_extras() (e.g. FD)
     headline: str = "test_accuracy"  # the metric shown in the progress bar
+    uses_environments: bool = False  # True: clients are RL environments (fedloom.registry.ENVIRONMENTS)
 
     def __init__(self, params: BaseModel):
         self.p = params

@@ -187,6 +187,7 @@ class FederatedRL(Algorithm):
 
     vectorizable = False  # client work is environment interaction, not local SGD on a loss
     headline = "return_mean"
+    uses_environments = True  # config validation pairs it with an ENVIRONMENTS entry
 
     # -- setup ---------------------------------------------------------------------------------------------------
     def bind(self, sim: Any) -> None:
