@@ -82,8 +82,8 @@ class Simulation:
             raise RuntimeError("device=cuda but no CUDA device is available")
         d = cfg.data
         if data is None and d.dataset.name in ENVIRONMENTS:  # not labelled data: e.g. RL environments
-            data = ENVIRONMENTS.entry(d.dataset.name).factory(
-                ENVIRONMENTS.entry(d.dataset.name).params(**d.dataset.params), d.num_clients, cfg.seed)
+            env = ENVIRONMENTS.entry(d.dataset.name)
+            data = env.factory(env.params(**d.dataset.params), d.num_clients, cfg.seed)
         self.data = data or build_federated(d.dataset.name, d.dataset.params, d.num_clients, d.partition.name,
                                             d.partition.params, cfg.seed)
         self.algorithm: Algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.params)
