@@ -68,7 +68,7 @@ def encode(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None =
     for t, nb in parts:
         if nb:
             dst = torch.frombuffer(out, dtype=torch.uint8, count=nb, offset=off)
-            dst.copy_(t.reshape(-1).view(torch.uint8) if t.is_contiguous() else t.contiguous().reshape(-1).view(torch.uint8))
+            dst.copy_(t.contiguous().reshape(-1).view(torch.uint8))  # contiguous(): no copy if already so
         off += nb
     return out
 

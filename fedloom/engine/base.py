@@ -47,22 +47,23 @@ class CohortTask:
     personal: dict[int, Params] = field(default_factory=dict)  # decoded Algorithm.client_broadcast, per client
     client_states: dict[int, Any] = field(default_factory=dict)  # persistent per-client state (checkpointed)
 
+    def _personal_model(self, k: int) -> Params | None:
+        """The whole model in client k's personalized message (parameter order), or None if it carries none."""
+        mine = self.personal.get(k)
+        names = [n for n, _ in self.model.named_parameters()]
+        if not mine or not names or any(n not in mine for n in names):
+            return None
+        return {n: mine[n] for n in names}
+
     @property
     def per_client_start(self) -> bool:
         """True when clients start from different models (personalized broadcasts carrying the model)."""
-        return bool(self.model_names) and any(self.model_names <= p.keys() for p in self.personal.values())
-
-    @property
-    def model_names(self) -> set[str]:
-        return set(dict(self.model.named_parameters()))
+        return any(self._personal_model(k) is not None for k in self.personal)
 
     def start_params(self, k: int) -> Params:
         """The model client k starts local training from."""
-        mine = self.personal.get(k, {})
-        names = self.model_names
-        if names and names <= mine.keys():
-            return {n: mine[n] for n in dict(self.model.named_parameters())}
-        return self.params
+        mine = self._personal_model(k)
+        return self.params if mine is None else mine
 
     def batches(self, k: int) -> list[torch.Tensor]:
         """Client k's minibatches (local indices) for this round: the same in every engine."""
