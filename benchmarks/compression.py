@@ -72,18 +72,20 @@ def run_variant(name: str, codecs: list[dict], data, a: argparse.Namespace) -> d
             return out
         return wrapper
 
+    client_pipe, server_pipe = sim.built.clients.pipeline, sim.server.pipeline
     sim.engine.run = timed(sim.engine.run, "train")  # type: ignore[method-assign]
-    sim.encode_update = timed(sim.encode_update, "codec")  # type: ignore[method-assign]
-    sim.decode_update = timed(sim.decode_update, "codec")  # type: ignore[method-assign]
+    client_pipe.run = timed(client_pipe.run, "codec")  # type: ignore[method-assign]  (codecs + wire encode)
+    server_pipe.receive = timed(server_pipe.receive, "codec")  # type: ignore[method-assign]  (decode + validate)
     t0 = time.perf_counter()
     recs = sim.run()
     wall = time.perf_counter() - t0
 
     # payload of the compressed layers in one message vs the same weights as float32
-    comp = sim.codecs.compressed_layers() if sim.codecs else []
-    d = sum(math.prod(sim.expected[n][0]) for n in comp)
-    payload = sum(math.prod(sim.codecs.wire_layout[n][0]) * torch.empty((), dtype=sim.codecs.wire_layout[n][1]).element_size()
-                  for n in comp) if comp else 0
+    uc = sim.built.codec
+    comp = uc.compressed_layers() if uc else []
+    d = sum(math.prod(sim.ctx.param_spec[n][0]) for n in comp)
+    payload = sum(math.prod(uc.wire_layout[n][0]) * torch.empty((), dtype=uc.wire_layout[n][1]).element_size()
+                  for n in comp) if uc and comp else 0
     evals = [(r["round"], r["test_accuracy"]) for r in recs if r["test_accuracy"] is not None]
     hit = next((rnd for rnd, acc in evals if acc >= a.target), None)
     up = sum(r["bytes_up"] for r in recs)
@@ -109,8 +111,15 @@ def update_errors(data, a: argparse.Namespace, trials: int = 3) -> list[dict]:
     })
     sim = Simulation(cfg, data=data)
     captured: list = []
-    enc = sim.encode_update
-    sim.encode_update = lambda k, o: (captured.append((k, o)) if sim.current_round == 2 else None) or enc(k, o)  # type: ignore[method-assign]
+    pipe = sim.built.clients.pipeline
+    run = pipe.run
+
+    def capture(report, states, info):  # the clients' round-2 reports, before the client pipeline
+        if info.round == 2:
+            captured.append((report.client, report))
+        return run(report, states, info)
+
+    pipe.run = capture  # type: ignore[method-assign]
     sim.run()
     from fedloom.codecs import UpdateCodec
 
@@ -118,7 +127,8 @@ def update_errors(data, a: argparse.Namespace, trials: int = 3) -> list[dict]:
     for name, codecs in VARIANTS.items():
         if not codecs or any(c["name"] in ("lowrank", "mask") for c in codecs):
             continue
-        uc = UpdateCodec([(c["name"], {k: v for k, v in c.items() if k != "name"}) for c in codecs], sim.expected, a.seed)
+        uc = UpdateCodec([(c["name"], {k: v for k, v in c.items() if k != "name"}) for c in codecs], sim.ctx.param_spec,
+                         a.seed)
         errs = []
         for k, out in captured:
             for t in range(trials):
@@ -188,7 +198,7 @@ def main() -> None:
     ap.add_argument("--engine", default="vectorized", choices=["vectorized", "sequential"])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), help=f"subset of: {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of: " + ", ".join(VARIANTS).replace("%", "%%"))
     ap.add_argument("--errors", action="store_true", help="also measure each sketch's error on the same real updates")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results"))
     a = ap.parse_args()

@@ -10,10 +10,10 @@ take part in every iteration. Methods:
 * FD       -- federated distillation (``fd``): each device its own model, L x L logits each way;
 * FD+FAug  -- FD on the augmented data.
 
-FAug (``fedloom.distill.faug``): every device uploads its 5 seeds per target label (0 redundant labels, as in
+FAug (``fedloom.algorithms.faug``): every device uploads its 5 seeds per target label (0 redundant labels, as in
 Table 1); the server adds ``--oversample`` images per uploaded label from MNIST's validation split (its
 stand-in for the paper's "oversampling via Google image search"), trains the small cGAN
-(``fedloom.distill.cgan``) and every device downloads it and fills its target labels up to the mean count of
+(``fedloom.gan.cgan``) and every device downloads it and fills its target labels up to the mean count of
 its other labels. The same augmented data serves FL+FAug and FD+FAug.
 
 Scale differences from the paper, stated: the model is McMahan's 2NN (784-200-200-10, 199,210 parameters)
@@ -43,12 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedloom.algorithms.faug import FAugParams, public_pool, run_faug
 from fedloom.config import validate_config
 from fedloom.data.datasets import load_dataset
 from fedloom.data.federated import FederatedData
 from fedloom.data.partition import partition
-from fedloom.distill.cgan import CGANParams
-from fedloom.distill.faug import FAugParams, public_pool, run_faug
+from fedloom.gan.cgan import CGANParams
 from fedloom.models import build_model
 from fedloom.rng import torch_generator
 from fedloom.simulation import Simulation

@@ -25,7 +25,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from fedloom.distributed.local_sgd import DPConfig, build
+from fedloom.distributed.local_sgd import LocalSGDConfig, build
 from fedloom.distributed.reference import simulate
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -37,7 +37,7 @@ def objective(model, params, x, y, lam):
     return F.cross_entropy(out, y) + 0.5 * lam * sum((p ** 2).sum() for p in params)
 
 
-def f_star(cfg: DPConfig) -> float:
+def f_star(cfg: LocalSGDConfig) -> float:
     src, model = build(cfg, torch.device("cpu"))
     params = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
     opt = torch.optim.LBFGS(params, lr=1, max_iter=2000, tolerance_grad=1e-10, tolerance_change=1e-14,
@@ -55,7 +55,7 @@ def f_star(cfg: DPConfig) -> float:
 
 
 def stich(args) -> dict:
-    base = DPConfig(algorithm="local", dataset="digits", model="logreg", batch_size=args.b, lr=args.lr,
+    base = LocalSGDConfig(algorithm="local", dataset="digits", model="logreg", batch_size=args.b, lr=args.lr,
                     lr_inverse_a=args.a, weight_decay=args.lam, steps=args.T, seed=0)
     fs = f_star(base)
     src, model = build(base, torch.device("cpu"))
@@ -109,7 +109,7 @@ def lin(args) -> dict:
                   lr_milestones=[tprime, (3 * T) // 4], seed=0)
     for name, extra in [("minibatch (large batch)", dict(algorithm="minibatch")),
                         ("post-local SGD H=16", dict(algorithm="postlocal", local_steps=16, post_local_from=tprime))]:
-        cfg = DPConfig(**common, **extra)
+        cfg = LocalSGDConfig(**common, **extra)
         t0 = time.perf_counter()
         res = simulate(cfg, args.cnn_K)
         nbytes = sum(v.numel() * 4 for v in res["params"].values())

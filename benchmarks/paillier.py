@@ -233,8 +233,8 @@ def e2e(args) -> dict:
         t = time.perf_counter()
         sim = Simulation(validate_config(raw), **kw)
         recs = sim.run()
-        if sim.secagg is not None:
-            sim.secagg.close()
+        if sim.built.secagg is not None:
+            sim.built.secagg.close()
         out[name] = {"test_accuracy": recs[-1]["test_accuracy"], "seconds": time.perf_counter() - t,
                      "bytes_up_per_round": recs[-1]["bytes_up"],
                      "clipped_total": sum(r.get("secagg_clipped", 0) for r in recs)}

@@ -300,7 +300,7 @@ def federated(args) -> list[dict]:
     """FedPPO over all clients vs each client training alone with the same local work per round (the same
     algorithm on a one-client federation: collect, PPO epochs, no averaging), then evaluated on held-out physics."""
     from fedloom.config import validate_config
-    from fedloom.rl.federated import ClientEnvironments
+    from fedloom.rl.environments import ClientEnvironments
     from fedloom.simulation import Simulation
 
     out = []

@@ -51,10 +51,12 @@ sys.path.insert(0, str(ROOT))
 
 from fedloom.config import validate_config
 from fedloom.data.federated import build_federated
+from fedloom.metrics.evaluation import evaluate_model
 from fedloom.models import build_model
+from fedloom.models.tasks import Classification
 from fedloom.models.transformer import noam_lr
 from fedloom.rng import torch_generator
-from fedloom.simulation import Simulation, evaluate
+from fedloom.simulation import Simulation
 
 METHODS = ("fedavg-transformer", "fedadam-transformer", "fedavg-transformer-noam", "fedavg-lstm",
            "central-transformer", "central-transformer-sgd")
@@ -112,7 +114,7 @@ def run_federated(a, data, model: dict, server_opt, lr: float, schedule: dict | 
                   ) -> tuple[list[dict], int]:
     sim = Simulation(validate_config(config(a, model, server_opt, lr, schedule)), data=data)
     recs = sim.run()
-    steps = sum(sim.schedule.num_steps(len(data.client_indices[k])) for r in recs for k in r["reported_ids"])
+    steps = sum(sim.round_schedule(1).num_steps(len(data.client_indices[k])) for r in recs for k in r["reported_ids"])
     return [{k: r[k] for k in ("round", "test_accuracy", "test_loss", "train_loss", "bytes_up", "bytes_down",
                                "seconds")} for r in recs], steps
 
@@ -147,7 +149,9 @@ def run_central(a, data, total_steps: int, steps_per_round: float, paper_adam: b
             step += 1
         if rnd % a.eval_every == 0 or rnd == a.rounds:
             params = dict(m.named_parameters())
-            tl, acc = evaluate(m, params, dict(m.named_buffers()), src.test_x, src.test_y, 1024, torch.device("cpu"))
+            res = evaluate_model(Classification(), m, params, dict(m.named_buffers()), src.test_x, src.test_y, 1024,
+                                 torch.device("cpu"))
+            tl, acc = res["test_loss"], res["test_accuracy"]
             recs.append({"round": rnd, "test_accuracy": acc, "test_loss": tl, "steps": step,
                          "seconds": time.perf_counter() - t0})
     return recs

@@ -239,7 +239,7 @@ def main() -> None:
     med = {m: {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "peak_rss_mb", "accuracy", "inner_s")}
            for m, rs in results.items()}
     print(f"\nW1: {a.rounds} rounds, medians of {a.repeats}; {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}")
-    print(f"| method | wall s | s/round | final acc | peak MB | wall vs flower | wall vs plain-vmap |")
+    print("| method | wall s | s/round | final acc | peak MB | wall vs flower | wall vs plain-vmap |")
     print("|---|---|---|---|---|---|---|")
     for m, v in med.items():
         vs_f = f"{med['flower']['wall_s'] / v['wall_s']:.1f}x faster" if "flower" in med else "-"

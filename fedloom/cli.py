@@ -1,10 +1,10 @@
-"""fedloom command line: ``run``, ``list``, ``report``, ``train-dp``.
+"""fedloom command line: ``run``, ``list``, ``report``, ``train-local-sgd``.
 
     fedloom run CONFIG [key=value ...] [--out DIR]
     fedloom run --resume RUN_DIR
     fedloom list
     fedloom report RUN_DIR [RUN_DIR ...] [--out DIR]
-    torchrun --nproc-per-node K $(which fedloom) train-dp algorithm=local local_steps=8 [key=value ...]
+    torchrun --nproc-per-node K $(which fedloom) train-local-sgd algorithm=local local_steps=8 [key=value ...]
 
 Exit status 2 for a bad config or bad arguments (nothing is written), 1 for a missing data source.
 """
@@ -39,7 +39,7 @@ def _finish(sim, out: Path, t0: float) -> int:
     from fedloom.metrics.report import make_report
 
     records = sim.metrics.records
-    head = sim.algorithm.headline
+    head = sim.headline
     plots = make_report([out], metric=head)
     val = next((r[head] for r in reversed(records) if r.get(head) is not None), None)
     up = sum(r["bytes_up"] for r in records)
@@ -117,10 +117,10 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_train_dp(a: argparse.Namespace) -> int:
-    from fedloom.distributed.launch import main as train_dp
+def _cmd_train_local_sgd(a: argparse.Namespace) -> int:
+    from fedloom.distributed.launch import main as train_local_sgd
 
-    return train_dp(a.fields)
+    return train_local_sgd(a.fields)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--out", help="where to write the plots (default: the first run dir)")
     rp.set_defaults(fn=_cmd_report)
     # -- data-parallel local SGD on torch.distributed (fedloom.distributed; launch under torchrun) --
-    dp = sub.add_parser("train-dp", help="data-parallel (local) SGD on torch.distributed; run under torchrun",
-                        description="key=value fields of fedloom.distributed.local_sgd.DPConfig, plus out=DIR")
-    dp.add_argument("fields", nargs="*")
-    dp.set_defaults(fn=_cmd_train_dp)
+    ls = sub.add_parser("train-local-sgd", help="data-parallel (local) SGD on torch.distributed; run under torchrun",
+                        description="key=value fields of fedloom.distributed.local_sgd.LocalSGDConfig, plus out=DIR")
+    ls.add_argument("fields", nargs="*")
+    ls.set_defaults(fn=_cmd_train_local_sgd)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return a.fn(a)

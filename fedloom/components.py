@@ -4,9 +4,10 @@ import fedloom.algorithms  # noqa: F401
 import fedloom.codecs  # noqa: F401
 import fedloom.data.datasets  # noqa: F401
 import fedloom.data.partition  # noqa: F401
+import fedloom.data.target_labels  # noqa: F401
 import fedloom.data.text  # noqa: F401
-import fedloom.distill  # noqa: F401  (fd algorithm, target_labels partitioner)
 import fedloom.engine  # noqa: F401
 import fedloom.models  # noqa: F401
-import fedloom.rl  # noqa: F401  (fedppo, fedtrpo, actor_critic model, cartpole/acrobot/pendulum/... environments)
+import fedloom.models.tasks  # noqa: F401
+import fedloom.rl  # noqa: F401  (actor_critic model, cartpole/acrobot/pendulum/... environments)
 import fedloom.schedules  # noqa: F401

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedloom import registry as R
+from fedloom.core.compat import Features, check
 from fedloom.crypto.secagg import SecureAggregationConfig
 from fedloom.privacy import PrivacyConfig
 from fedloom.robust import AGGREGATORS, ATTACKS
@@ -78,6 +79,8 @@ class RunConfig(_Strict):
     threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
     data: DataConfig = Field(default_factory=DataConfig)
     model: Component = Field(default_factory=lambda: Component(name="mlp"))
+    task: Component = Field(default_factory=lambda: Component(name="classification"),
+                            description="the loss and metrics (fedloom.models.tasks): classification, regression")
     algorithm: Component = Field(default_factory=lambda: Component(name="fedavg"))
     client: ClientConfig = Field(default_factory=ClientConfig)
     server_optimizer: Component = Field(default_factory=lambda: Component(name="sgd"))
@@ -99,6 +102,7 @@ _COMPONENTS = {
     "data.dataset": R.DATASETS,
     "data.partition": R.PARTITIONERS,
     "model": R.MODELS,
+    "task": R.TASKS,
     "algorithm": R.ALGORITHMS,
     "server_optimizer": R.SERVER_OPTIMIZERS,
     "client.lr_schedule": R.LR_SCHEDULES,
@@ -141,38 +145,36 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
             parent, _, leaf = path.rpartition(".")
             setattr(_get(cfg, parent) if parent else cfg, leaf, resolved)
     errors += _validate_codecs(cfg)
-    alg_cls = R.ALGORITHMS.get(cfg.algorithm.name) if cfg.algorithm.name in R.ALGORITHMS else None
-    if alg_cls is not None:  # environments (RL) and labelled datasets need algorithms made for them
-        env, wants_env = cfg.data.dataset.name in R.ENVIRONMENTS, getattr(alg_cls, "uses_environments", False)
-        if env != wants_env:
-            need = "an RL environment" if wants_env else "a labelled dataset"
-            errors.append(f"data.dataset: algorithm {cfg.algorithm.name!r} needs {need}, got "
-                          f"{cfg.data.dataset.name!r}" + ("" if wants_env else " (an environment: use fedppo or "
-                                                                                "fedtrpo)"))
-    if alg_cls is not None and (cfg.privacy is not None or cfg.aggregator.name != "mean"
-                                or cfg.aggregator.params.get("max_norm") is not None):
-        from fedloom.algorithms.base import Algorithm
-
-        if any(getattr(alg_cls, m) is not getattr(Algorithm, m) for m in ("aggregate", "server_aggregate")):
-            field = "privacy" if cfg.privacy is not None else "aggregator.name"
-            errors.append(f"{field}: algorithm {cfg.algorithm.name!r} aggregates its own way (structured or "
-                          "aligned averaging); robust rules and DP-FedAvg need the plain weighted mean")
-    sa = cfg.secure_aggregation
-    if sa is not None and sa.enabled:
-        if cfg.codecs:
-            errors.append("secure_aggregation: cannot be combined with codecs (encryption replaces the codec chain)")
-        if cfg.privacy is not None:
-            errors.append("secure_aggregation: cannot be combined with privacy (DP-FedAvg needs plaintext updates)")
-        if cfg.aggregator.name != "mean" or cfg.aggregator.params.get("max_norm") is not None:
-            errors.append("secure_aggregation: only the weighted mean can be computed on ciphertexts; "
-                          f"aggregator {cfg.aggregator.name!r} needs plaintext updates")
-    if cfg.privacy is not None and cfg.aggregator.name != "mean":
-        errors.append(f"aggregator.name: DP-FedAvg (privacy) aggregates by clipped mean; got {cfg.aggregator.name!r}")
+    if not errors:
+        errors += check(features(cfg))
     if cfg.cohort_size > cfg.data.num_clients:
         errors.append(f"cohort_size: {cfg.cohort_size} exceeds data.num_clients={cfg.data.num_clients}")
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+def features(cfg: RunConfig, secure_aggregation: Any = None) -> Features:
+    """What the compatibility rules (:mod:`fedloom.core.compat`) need to know about ``cfg``: read off the
+    config and the components' declared traits. ``secure_aggregation`` overrides the config's section."""
+    from fedloom.codecs import CODECS
+    from fedloom.core.algorithm import CustomClientAlgorithm
+
+    alg = R.ALGORITHMS.get(cfg.algorithm.name)
+    traits = alg.traits
+    sa = secure_aggregation if secure_aggregation is not None else cfg.secure_aggregation
+    sa_on = sa is not None and (sa.enabled if isinstance(sa, SecureAggregationConfig) else dict(sa).get("enabled", True))
+    so = cfg.server_optimizer
+    return Features(
+        algorithm=cfg.algorithm.name, plain_mean=traits.plain_mean, custom_client=issubclass(alg, CustomClientAlgorithm),
+        uploads_model=traits.uploads_model, algorithm_data=traits.data, dataset=cfg.data.dataset.name,
+        dataset_kind="environment" if cfg.data.dataset.name in R.ENVIRONMENTS else "labelled",
+        codecs=tuple(c.name for c in cfg.codecs),
+        structured_codecs=tuple(c.name for c in cfg.codecs if c.name in CODECS and CODECS.get(c.name).structured),
+        secure_aggregation=bool(sa_on), privacy=cfg.privacy is not None, aggregator=cfg.aggregator.name,
+        max_norm=cfg.aggregator.params.get("max_norm") is not None, personalized_models=traits.personalized_models,
+        averages_models=traits.averages_models, server_optimizer=so.name, server_lr=float(so.params.get("lr", 1.0)),
+        server_momentum=float(so.params.get("momentum", 0.0)))
 
 
 def _validate_component(path: str, comp: Component, reg: R.Registry, errors: list[str]) -> Component | None:

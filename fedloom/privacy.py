@@ -12,6 +12,10 @@ Per round, with cohort size m, clip norm S and noise multiplier z:
   The count noise has std ``count_noise_std``; the accountant then uses Andrew et al.'s effective noise
   multiplier z_eff = (z^-2 + (2 sigma_b)^-2)^(-1/2)  (Theorem 1).
 
+In the round loop :class:`DPAggregator` is the server-pipeline aggregator (central clipping, noise, adaptive
+clip, accounting); in ``local`` mode :class:`LocalDPStage` clips and noises on each client, with the clip norm the
+server sends in the round's broadcast (``dp_clip``).
+
 Accounting assumption (stated, as in TF Privacy and TFF): each round is treated as Poisson subsampling with
 rate q = m / N composed with the Gaussian mechanism, although the cohort is drawn as a fixed-size sample.
 """
@@ -19,12 +23,16 @@ rate q = m / N composed with the Gaussian mechanism, although the cohort is draw
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedloom.robust import clip_to_norm
+from fedloom.core.types import Aggregate, ClientReport, ParamSpec, RoundInfo, ServerState
 from fedloom.rng import torch_generator
+from fedloom.robust import clip_to_norm
 
 Params = dict[str, torch.Tensor]
 
@@ -41,6 +49,15 @@ class PrivacyConfig(BaseModel):
     count_noise_std: float = Field(0.0, ge=0, description="sigma_b: noise on the clipped-count (adaptive)")
 
 
+def local_noise(update: Params, clip: float, noise_multiplier: float, seed: int, rnd: int, client: int) -> Params:
+    """Local DP on one client: clip ``update`` to L2 norm ``clip`` and add N(0, (z clip)^2 I), seeded by
+    (seed, round, client)."""
+    clipped, _ = clip_to_norm(update, clip)
+    g = torch_generator(seed, "dp-local", rnd, client)
+    sd = noise_multiplier * clip
+    return {k: v + sd * torch.randn(v.shape, generator=g, dtype=v.dtype).to(v.device) for k, v in clipped.items()}
+
+
 class DPFedAvg:
     """Clipping, noise and accounting, with explicit state (clip norm, rounds accounted)."""
 
@@ -55,15 +72,12 @@ class DPFedAvg:
             return (z**-2 + (2 * self.cfg.count_noise_std) ** -2) ** -0.5
         return z
 
-    def client_side(self, client: int, rnd: int, update: Params) -> Params:
-        """Local mode: the client clips and noises its own update before encoding."""
+    def client_side(self, client: int, rnd: int, update: Params, clip: float | None = None) -> Params:
+        """Local mode: the client clips (to ``clip``, default the current S) and noises its own update."""
         if self.cfg.mode != "local":
             return update
-        S = self.state["clip"]
-        clipped, _ = clip_to_norm(update, S)
-        g = torch_generator(self.seed, "dp-local", rnd, client)
-        sd = self.cfg.noise_multiplier * S
-        return {k: v + sd * torch.randn(v.shape, generator=g, dtype=v.dtype).to(v.device) for k, v in clipped.items()}
+        return local_noise(update, self.state["clip"] if clip is None else clip, self.cfg.noise_multiplier,
+                           self.seed, rnd, client)
 
     def aggregate(self, rnd: int, updates: list[Params]) -> tuple[Params, dict]:
         """Server side: clip, sum, add central noise, divide by the cohort size m; adapt the clip norm."""
@@ -78,7 +92,7 @@ class DPFedAvg:
         if self.cfg.mode == "central" and self.cfg.noise_multiplier > 0:
             g = torch_generator(self.seed, "dp-central", rnd)
             sd = self.cfg.noise_multiplier * S
-            for k, v in acc.items():
+            for v in acc.values():
                 v.add_(torch.randn(v.shape, generator=g, dtype=v.dtype).to(v.device) * sd)
         agg = {k: v / self.m for k, v in acc.items()}
         info = {"dp_clip": S, "dp_unclipped_fraction": below / max(len(updates), 1)}
@@ -100,3 +114,45 @@ class DPFedAvg:
         acc = rdp.RdpAccountant()
         acc.compose(dp_event.PoissonSampledDpEvent(self.m / self.N, dp_event.GaussianDpEvent(z)), rounds)
         return float(acc.get_epsilon(self.cfg.delta))
+
+
+class DPAggregator:
+    """Server-pipeline aggregator: DP-FedAvg's clipped, noised mean over the cohort size, with accounting."""
+
+    def __init__(self, dp: DPFedAvg):
+        self.dp = dp
+
+    def round_settings(self) -> dict[str, Any]:
+        """What clients need in local mode: the current clip norm S (adaptive clipping changes it)."""
+        return {"dp_clip": self.dp.state["clip"]} if self.dp.cfg.mode == "local" else {}
+
+    def aggregate(self, rnd: int, reports: Sequence[ClientReport], state: ServerState) -> Aggregate:
+        if not reports:
+            return Aggregate(None, reports, {"epsilon": self.dp.epsilon(self.dp.state["rounds"])})
+        agg, info = self.dp.aggregate(rnd, [r.update for r in reports])
+        return Aggregate(agg, reports, info)
+
+
+class LocalDPStage:
+    """Client-pipeline stage (``privacy.mode: local``): clip to the server's S and add N(0, (z S)^2 I)."""
+
+    name = "local_dp"
+
+    def __init__(self, cfg: PrivacyConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+
+    def init(self, client: int) -> Any:
+        return None
+
+    def client(self, report: ClientReport, state: Any, info: RoundInfo) -> tuple[ClientReport, Any]:
+        clip = info.broadcast_meta.get("dp_clip")
+        if not isinstance(clip, (int, float)) or not clip > 0:
+            raise ValueError(f"local DP: the round's broadcast carries no valid clip norm (dp_clip={clip!r})")
+        noised = local_noise(report.update, float(clip), self.cfg.noise_multiplier, self.seed, info.round, report.client)
+        return replace(report, update=noised), None
+
+    def server(self, report: ClientReport) -> ClientReport:
+        return report
+
+    def out_spec(self, spec: ParamSpec) -> ParamSpec:
+        return spec

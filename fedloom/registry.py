@@ -8,8 +8,9 @@ components register themselves where they are defined.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -73,6 +74,7 @@ MODELS: Registry[Any] = Registry("model")
 ENGINES: Registry[Any] = Registry("engine")
 SERVER_OPTIMIZERS: Registry[Any] = Registry("server optimizer")
 LR_SCHEDULES: Registry[Any] = Registry("learning-rate schedule")
+TASKS: Registry[Any] = Registry("task")  # the loss and metrics of a model (fedloom.models.tasks)
 # Federated "datasets" that are not labelled data (RL environment families, fedloom.rl): the factory takes
 # (params, num_clients, seed) and returns the object the run uses as ``sim.data`` (num_clients, client_sizes,
 # source.input_shape, source.num_classes). ``data.dataset.name`` is looked up here first, then in DATASETS.

@@ -8,6 +8,7 @@ on how a cohort is sharded across processes.
 from __future__ import annotations
 
 import zlib
+from typing import SupportsInt, cast
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ def _key_ints(keys: tuple[object, ...]) -> list[int]:
         if isinstance(k, str):
             out.append(zlib.crc32(k.encode()))
         else:
-            out.append(int(k) & 0xFFFFFFFF)
+            out.append(int(cast(SupportsInt, k)) & 0xFFFFFFFF)
     return out
 
 

@@ -12,6 +12,9 @@ update. ``mean`` is the algorithm's own (weighted) aggregation; the others ignor
 * ``norm_bound`` (any aggregator) first scales each update to an L2 norm of at most ``max_norm`` (Sun et al.
   2019, "Can you really backdoor federated learning?").
 
+:class:`RobustAggregator` is a server-pipeline :class:`~fedloom.core.aggregate.Aggregator`; :class:`AttackStage`
+is a client-pipeline stage that makes the seeded attacker clients misbehave.
+
 Attacks corrupt a fixed, seeded set of clients: ``sign_flip`` (u -> -factor * u), ``scale`` (u -> factor * u),
 ``gaussian`` (u -> N(0, sigma^2)), and ``label_flip`` (the attackers train on labels y -> C - 1 - y).
 """
@@ -19,10 +22,15 @@ Attacks corrupt a fixed, seeded set of clients: ``sign_flip`` (u -> -factor * u)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from fedloom.core.aggregate import sample_weight, weighted_mean
+from fedloom.core.types import Aggregate, ClientReport, ParamSpec, RoundInfo, ServerState
 from fedloom.registry import Registry
 from fedloom.rng import numpy_rng, torch_generator
 
@@ -55,13 +63,13 @@ def clip_to_norm(u: Params, max_norm: float) -> tuple[Params, float]:
     return ({k: v * s for k, v in u.items()} if s < 1.0 else u), norm
 
 
-@AGGREGATORS.register("mean", _P, "the algorithm's own (weighted) aggregation")
-def mean(updates, weights, p, algorithm):
-    return algorithm.aggregate(updates, weights)
+@AGGREGATORS.register("mean", _P, "the weighted mean (the algorithm's weighting: n_k or uniform)")
+def mean(updates, weights, p):
+    return weighted_mean(updates, weights)
 
 
 @AGGREGATORS.register("median", _P, "coordinate-wise median")
-def median(updates, weights, p, algorithm):
+def median(updates, weights, p):
     x = torch.stack([flatten(u) for u in updates]).sort(0).values
     n = len(updates)
     med = x[n // 2] if n % 2 else 0.5 * (x[n // 2 - 1] + x[n // 2])
@@ -73,7 +81,7 @@ class TrimmedParams(_P):
 
 
 @AGGREGATORS.register("trimmed_mean", TrimmedParams, "coordinate-wise trimmed mean")
-def trimmed_mean(updates, weights, p, algorithm):
+def trimmed_mean(updates, weights, p):
     x = torch.stack([flatten(u) for u in updates]).sort(0).values
     k = int(math.floor(p.beta * len(updates)))
     return unflatten(x[k : len(updates) - k].mean(0), updates[0])
@@ -93,27 +101,35 @@ def krum_scores(x: torch.Tensor, f: int) -> torch.Tensor:
 
 
 @AGGREGATORS.register("krum", KrumParams, "Krum (Blanchard et al. 2017): the most central update")
-def krum(updates, weights, p, algorithm):
+def krum(updates, weights, p):
     x = torch.stack([flatten(u) for u in updates])
     return unflatten(x[int(krum_scores(x, p.f).argmin())], updates[0])
 
 
 @AGGREGATORS.register("multi_krum", KrumParams, "multi-Krum: mean of the m best Krum scores")
-def multi_krum(updates, weights, p, algorithm):
+def multi_krum(updates, weights, p):
     x = torch.stack([flatten(u) for u in updates])
     best = krum_scores(x, p.f).argsort()[: min(p.m, len(updates))]
     return unflatten(x[best].mean(0), updates[0])
 
 
 class RobustAggregator:
-    def __init__(self, name: str, params: dict | None):
-        e = AGGREGATORS.entry(name)
-        self.name, self.fn, self.p = name, e.factory, e.params(**(params or {}))
+    """A robust rule (or the weighted mean) after optional norm bounding, as a server-pipeline aggregator."""
 
-    def __call__(self, updates: list[Params], weights: list[float], algorithm) -> Params:
+    def __init__(self, name: str, params: dict | None, weighting: str = "samples"):
+        e = AGGREGATORS.entry(name)
+        self.name, self.fn, self.p, self.weighting = name, e.factory, e.params(**(params or {})), weighting
+
+    def __call__(self, updates: list[Params], weights: list[float]) -> Params:
         if self.p.max_norm is not None:
             updates = [clip_to_norm(u, self.p.max_norm)[0] for u in updates]
-        return self.fn(updates, weights, self.p, algorithm)
+        return self.fn(updates, weights, self.p)
+
+    def aggregate(self, rnd: int, reports: Sequence[ClientReport], state: ServerState) -> Aggregate:
+        if not reports:
+            return Aggregate(None, reports)
+        return Aggregate(self([r.update for r in reports], [sample_weight(r, self.weighting) for r in reports]),
+                         reports)
 
 
 # -- attacks ----------------------------------------------------------------------------------------------
@@ -130,7 +146,8 @@ for _name, _doc in (("sign_flip", "attackers send -factor * update"), ("scale", 
 
 
 class Attack:
-    """A seeded set of attacker clients and what they do."""
+    """A seeded set of attacker clients and what they do (simulation only: :class:`AttackStage` runs
+    :meth:`corrupt` in the attackers' client pipelines, :meth:`poison_data` rewrites their labels)."""
 
     def __init__(self, name: str, params: dict | None, num_clients: int, seed: int):
         e = ATTACKS.entry(name)
@@ -157,3 +174,25 @@ class Attack:
             return {k: self.p.factor * v for k, v in update.items()}
         g = torch_generator(self.seed, "attack-noise", rnd, client)
         return {k: torch.randn(v.shape, generator=g, dtype=v.dtype).to(v.device) * self.p.sigma for k, v in update.items()}
+
+
+class AttackStage:
+    """Client-pipeline stage: an attacker's update is corrupted before it is encoded (honest clients pass)."""
+
+    name = "attack"
+
+    def __init__(self, attack: Attack):
+        self.attack = attack
+
+    def init(self, client: int) -> Any:
+        return None
+
+    def client(self, report: ClientReport, state: Any, info: RoundInfo) -> tuple[ClientReport, Any]:
+        u = self.attack.corrupt(report.client, info.round, report.update)
+        return (report if u is report.update else replace(report, update=u)), None
+
+    def server(self, report: ClientReport) -> ClientReport:
+        return report
+
+    def out_spec(self, spec: ParamSpec) -> ParamSpec:
+        return spec

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -73,7 +74,8 @@ def encode(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None =
     return out
 
 
-def decode(data: bytes, expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None) -> Message:
+def decode(data: bytes | bytearray | memoryview,
+           expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]] | None = None) -> Message:
     """Decode ``data``; if ``expected`` maps names to (shape, dtype), the message must match it exactly."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise MessageError(f"message must be bytes, got {type(data).__name__}")
@@ -95,11 +97,12 @@ def decode(data: bytes, expected: Mapping[str, tuple[tuple[int, ...], torch.dtyp
     # tensors are views of a writable buffer (torch.frombuffer warns on read-only bytes): a message made by
     # encode() is used in place (no copy); received bytes are copied once
     buf = data if isinstance(data, bytearray) else bytearray(data)
-    for e in entries:
+    for ent in entries:
         try:
-            name, dt, shape, nb = e["name"], _DTYPES[e["dtype"]], tuple(int(s) for s in e["shape"]), int(e["nbytes"])
+            name, dt = ent["name"], _DTYPES[ent["dtype"]]
+            shape, nb = tuple(int(s) for s in ent["shape"]), int(ent["nbytes"])
         except (KeyError, TypeError, ValueError) as err:
-            raise MessageError(f"malformed entry {e!r}: {err}") from None
+            raise MessageError(f"malformed entry {ent!r}: {err}") from None
         numel = 1
         for s in shape:
             numel *= s

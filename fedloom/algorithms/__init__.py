@@ -1,8 +1,7 @@
-"""Algorithms: one file each, each only its math (see :mod:`fedloom.algorithms.base`)."""
+"""Algorithms: one file each, each only its math (interfaces in :mod:`fedloom.core.algorithm`)."""
 
-from fedloom.algorithms import fedavg, server_opt  # noqa: F401  (registration)
-from fedloom.algorithms import fed2, heterofl, local_family, matching, scaffold  # noqa: F401  (registration)
-from fedloom.algorithms.base import Algorithm, ClientOutput, LocalSchedule, client_batches
+from fedloom.algorithms import fd, fed2, fedavg, fednova, fedrl, heterofl, local_family, matching, scaffold, server_opt  # noqa: F401  (registration)  # noqa: F401  (registration)  # noqa: F401  (registration: fd, fedppo, fedtrpo)
+from fedloom.core.algorithm import Algorithm
 from fedloom.registry import ALGORITHMS
 
 
@@ -11,4 +10,4 @@ def build_algorithm(name: str, params: dict | None) -> Algorithm:
     return e.factory(e.params(**(params or {})))
 
 
-__all__ = ["Algorithm", "ClientOutput", "LocalSchedule", "build_algorithm", "client_batches"]
+__all__ = ["Algorithm", "build_algorithm"]

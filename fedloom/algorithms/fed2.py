@@ -33,13 +33,16 @@ Example (config)::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from pydantic import Field
 
-from fedloom.algorithms.base import Algorithm, AlgorithmParams, Params
+from fedloom.core.aggregate import sample_weight
+from fedloom.core.algorithm import AlgorithmParams, LocalSGDAlgorithm, Traits
+from fedloom.core.types import Aggregate, ClientReport, Params, ServerState
 from fedloom.registry import ALGORITHMS
 
 GroupLayout = dict[str, tuple[int, torch.Tensor]]
@@ -100,10 +103,13 @@ def feature_paired_average(updates: list[Params], weights: list[PairedWeight], l
 
 
 @ALGORITHMS.register("fed2", Fed2Params, "Fed2: feature-paired averaging of a grouped (Psi-Net) model")
-class Fed2(Algorithm):
+class Fed2(LocalSGDAlgorithm):
     """Yu et al. 2021 (Fed2), feature-paired averaging. Needs a model with a ``group_layout`` (``grouped_mlp``,
     ``grouped_cnn``); clients report per-class counts in their message meta."""
 
+    p: Fed2Params
+    traits = Traits(plain_mean=False)
+    contract_config = {"model": {"name": "grouped_mlp", "groups": 2, "hidden": [16, 16]}, "algorithm": "fed2"}
 
     def __init__(self, params: Fed2Params):
         super().__init__(params)
@@ -111,7 +117,8 @@ class Fed2(Algorithm):
         self.class_to_group: list[int] = []
         self.num_groups = 0
 
-    def setup(self, model: torch.nn.Module) -> None:
+    def bind(self, ctx) -> None:
+        model = ctx.model
         layout = getattr(model, "group_layout", None)
         if layout is None:
             raise ValueError(f"algorithm fed2 needs a grouped model (grouped_mlp, grouped_cnn); "
@@ -124,27 +131,42 @@ class Fed2(Algorithm):
         self.class_to_group = list(model.class_to_group)
         self.num_groups = int(model.num_groups)
 
-    def client_meta(self, task: Any, k: int) -> dict[str, Any]:
-        return {"label_counts": task.data.label_counts(k).tolist()}
+    def client_meta(self, job: Any, k: int) -> dict[str, Any]:
+        return {"label_counts": job.data.label_counts(k).tolist()}
 
-    def client_weight(self, out_meta: Mapping[str, Any]) -> PairedWeight:
-        if self.layout is None:
-            raise RuntimeError("fed2: setup(model) was not called")
-        counts = out_meta.get("label_counts")
+    def check_report(self, report: ClientReport) -> None:
+        counts = report.meta.get("label_counts")
         C = len(self.class_to_group)
         if (not isinstance(counts, list) or len(counts) != C
                 or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts)):
             raise ValueError(f"meta 'label_counts' must be {C} non-negative integers, got {counts!r}")
-        if sum(counts) != int(out_meta["num_samples"]):
-            raise ValueError(f"meta 'label_counts' sum to {sum(counts)}, num_samples is {out_meta['num_samples']}")
-        shared = super().client_weight(out_meta)
+        if sum(counts) != int(report.num_samples):
+            raise ValueError(f"meta 'label_counts' sum to {sum(counts)}, num_samples is {report.num_samples}")
+
+    def weight(self, report: ClientReport) -> PairedWeight:
+        """A client's weights: n_k (or 1) for the shared layers, n_{k,g} (or the shared weight) per group."""
+        shared = sample_weight(report, self.p.weighting)
         if self.p.group_weighting == "fedavg":
             groups = [shared] * self.num_groups
         else:
-            groups = group_counts(counts, self.class_to_group, self.num_groups)
+            groups = group_counts(report.meta["label_counts"], self.class_to_group, self.num_groups)
         return PairedWeight(shared, tuple(groups))
 
-    def aggregate(self, updates: list[Params], weights: list[PairedWeight]) -> Params:
+    def make_aggregator(self, ctx) -> FeaturePairedAverage:
         if self.layout is None:
-            raise RuntimeError("fed2: setup(model) was not called")
-        return feature_paired_average(updates, weights, self.layout)
+            raise RuntimeError("fed2: bind(ctx) was not called")
+        return FeaturePairedAverage(self)
+
+
+class FeaturePairedAverage:
+    """:func:`feature_paired_average` over the round's reports, with :meth:`Fed2.weight`."""
+
+    def __init__(self, fed2: Fed2):
+        self.fed2 = fed2
+
+    def aggregate(self, rnd: int, reports: Sequence[ClientReport], state: ServerState) -> Aggregate:
+        if not reports:
+            return Aggregate(None, reports)
+        assert self.fed2.layout is not None
+        return Aggregate(feature_paired_average([r.update for r in reports], [self.fed2.weight(r) for r in reports],
+                                                self.fed2.layout), reports)

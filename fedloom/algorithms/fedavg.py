@@ -11,19 +11,20 @@ from dataclasses import replace
 
 from pydantic import Field
 
-from fedloom.algorithms.base import Algorithm, AlgorithmParams, LocalSchedule
+from fedloom.core.algorithm import AlgorithmParams, LocalSGDAlgorithm
+from fedloom.core.types import LocalSchedule
 from fedloom.registry import ALGORITHMS
 
 
 @ALGORITHMS.register("fedavg", AlgorithmParams, "FedAvg: E local epochs of minibatch SGD, sample-weighted mean")
-class FedAvg(Algorithm):
+class FedAvg(LocalSGDAlgorithm):
     """McMahan et al. 2017, Algorithm 1: clients run E epochs of SGD with batch B; the server averages the
     updates weighted by n_k / n."""
 
 
 @ALGORITHMS.register("fedsgd", AlgorithmParams, "FedSGD: one full-batch gradient step per client (FedAvg with E=1, B=inf)")
-class FedSGD(Algorithm):
-    def schedule(self, base: LocalSchedule) -> LocalSchedule:
+class FedSGD(LocalSGDAlgorithm):
+    def local_schedule(self, base: LocalSchedule, rnd: int) -> LocalSchedule:
         return replace(base, batch_size=None, local_steps=1, epochs=1, momentum=0.0)
 
 
@@ -32,15 +33,16 @@ class FedProxParams(AlgorithmParams):
 
 
 @ALGORITHMS.register("fedprox", FedProxParams, "FedProx: local loss + mu/2 ||w - w_global||^2")
-class FedProx(Algorithm):
+class FedProx(LocalSGDAlgorithm):
     """Li et al. 2020 (FedProx), eq. (2): h_k(w; w^t) = F_k(w) + mu/2 ||w - w^t||^2."""
 
+    p: FedProxParams
 
-    def client_context(self, global_params):
+    def loss_context(self, global_params):
         return {"global_params": global_params}
 
-    def client_loss(self, forward, params, x, y, w, ctx):
-        loss, aux = super().client_loss(forward, params, x, y, w, ctx)
+    def local_loss(self, data_loss, params, ctx):
+        loss, aux = data_loss(params)
         g = ctx["global_params"]
         prox = sum(((params[k] - g[k]) ** 2).sum() for k in params)
         return loss + 0.5 * self.p.mu * prox, aux
@@ -52,10 +54,11 @@ class LocalSGDParams(AlgorithmParams):
 
 
 @ALGORITHMS.register("localsgd", LocalSGDParams, "local SGD (Stich 2019): H local steps, then average")
-class LocalSGD(Algorithm):
+class LocalSGD(LocalSGDAlgorithm):
     """Stich 2019, Algorithm 1: every worker runs H steps of SGD from the shared iterate; the iterates are
     averaged (uniformly by default)."""
 
+    p: LocalSGDParams
 
-    def schedule(self, base: LocalSchedule) -> LocalSchedule:
+    def local_schedule(self, base: LocalSchedule, rnd: int) -> LocalSchedule:
         return replace(base, local_steps=self.p.local_steps)

@@ -11,7 +11,7 @@ full-size parameters. Its local objective evaluates the network at ``params * ma
 the rows of dropped units and the next layer's columns that read them. A dropped unit then outputs
 ``act(0)`` = 0 for ReLU, and nothing reads it anyway. This is exactly the narrow sub-network, and the
 gradients of the dropped coordinates are 0. Per-client widths reach the vmapped loss through
-``Algorithm.client_inputs`` (one ``kept`` vector per client). The server rebuilds each client's mask from the
+``LocalSGDAlgorithm.client_inputs`` (one ``kept`` vector per client). The server rebuilds each client's mask from the
 ``width_ratio`` in the client's message meta.
 
 Differences from a deployment, stated plainly:
@@ -28,14 +28,17 @@ Differences from a deployment, stated plainly:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from fedloom.algorithms.base import Algorithm, AlgorithmParams, Params
 from fedloom.algorithms.matching import HiddenUnits, hidden_units
+from fedloom.core.aggregate import sample_weight
+from fedloom.core.algorithm import AlgorithmParams, LocalSGDAlgorithm, Traits
+from fedloom.core.types import Aggregate, ClientReport, Params, ServerState
 from fedloom.registry import ALGORITHMS
 from fedloom.rng import torch_generator
 
@@ -58,7 +61,7 @@ class HeteroFLParams(AlgorithmParams):
         return v
 
     @model_validator(mode="after")
-    def _props(self) -> "HeteroFLParams":
+    def _props(self) -> HeteroFLParams:
         if self.proportions is not None:
             if len(self.proportions) != len(self.ratios):
                 raise ValueError(f"proportions has {len(self.proportions)} entries, ratios has {len(self.ratios)}")
@@ -109,17 +112,21 @@ def holder_average(updates: list[Params], weights: list[float], ratios: list[flo
 
 @ALGORITHMS.register("heterofl", HeteroFLParams,
                      "HeteroFL: nested sub-models of width r; each coordinate averaged over its holders")
-class HeteroFL(Algorithm):
+class HeteroFL(LocalSGDAlgorithm):
     """Diao et al. 2021 (HeteroFL). Local SGD on the width-r sub-model (a masked full model, vmap-safe); the
     server averages each coordinate over the clients holding it."""
 
+    p: HeteroFLParams
+    traits = Traits(plain_mean=False)
+    contract_config = {"algorithm": {"name": "heterofl", "ratios": [1.0, 0.5]}}
 
     def __init__(self, params: HeteroFLParams):
         super().__init__(params)
         self.units: HiddenUnits | None = None
         self.scaled: set[str] = set()
 
-    def setup(self, model: nn.Module) -> None:
+    def bind(self, ctx) -> None:
+        model = ctx.model
         self.units = hidden_units(model)
         # the scaler multiplies hidden Linear/Conv outputs (weights and biases), not norm parameters
         self.scaled = {f"{mn}.{pn}" for mn, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))
@@ -140,7 +147,7 @@ class HeteroFL(Algorithm):
         return float(p.ratios[i])
 
     def client_inputs(self, task: Any, k: int) -> dict[str, torch.Tensor]:
-        assert self.units is not None, "heterofl: setup(model) was not called"
+        assert self.units is not None, "heterofl: bind(ctx) was not called"
         r = self.ratio(task.seed, task.round, k)
         return {"kept": torch.tensor(kept_units(self.units.sizes, r), dtype=torch.int64),
                 "ratio": torch.tensor(r, dtype=torch.float32)}
@@ -148,7 +155,7 @@ class HeteroFL(Algorithm):
     def client_meta(self, task: Any, k: int) -> dict[str, Any]:
         return {"width_ratio": self.ratio(task.seed, task.round, k)}
 
-    def client_loss(self, forward, params, x, y, w, ctx):
+    def local_loss(self, data_loss, params, ctx):
         assert self.units is not None
         kept = ctx["kept"]
         sub = {}
@@ -158,16 +165,28 @@ class HeteroFL(Algorithm):
             if self.p.scaler and name in self.scaled:
                 v = v / ctx["ratio"]
             sub[name] = v
-        return super().client_loss(forward, sub, x, y, w, ctx)
+        return data_loss(sub)
 
     # -- server side ---------------------------------------------------------------------------------
-    def client_weight(self, out_meta: Mapping[str, Any]) -> tuple[float, float]:
-        r = out_meta.get("width_ratio")
+    def check_report(self, report: ClientReport) -> None:
+        r = report.meta.get("width_ratio")
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1:
             raise ValueError(f"meta 'width_ratio' must be a number in (0, 1], got {r!r}")
-        return super().client_weight(out_meta), float(r)
 
-    def aggregate(self, updates: list[Params], weights: list[tuple[float, float]]) -> Params:
+    def make_aggregator(self, ctx) -> HolderAverage:
         if self.units is None:
-            raise RuntimeError("heterofl: setup(model) was not called")
-        return holder_average(updates, [w for w, _ in weights], [r for _, r in weights], self.units)
+            raise RuntimeError("heterofl: bind(ctx) was not called")
+        return HolderAverage(self.units, self.p.weighting)
+
+
+class HolderAverage:
+    """HeteroFL eq. 2-3: each coordinate averaged over the cohort's clients whose width holds it."""
+
+    def __init__(self, units: HiddenUnits, weighting: str):
+        self.units, self.weighting = units, weighting
+
+    def aggregate(self, rnd: int, reports: Sequence[ClientReport], state: ServerState) -> Aggregate:
+        if not reports:
+            return Aggregate(None, reports)
+        return Aggregate(holder_average([r.update for r in reports], [sample_weight(r, self.weighting) for r in reports],
+                                        [float(r.meta["width_ratio"]) for r in reports], self.units), reports)

@@ -8,7 +8,7 @@ K workers are processes; here they are clients and one round ends at every synch
 * ``hierarchical``: the same warm-up; then rounds of H steps after which each *group* of ``group_size``
   consecutive client ids averages its models, and every H_b-th such round (global step t a multiple of
   H*H_b) all clients average. The server keeps one model per group and sends each client its group's model
-  (``client_broadcast``: bytes are counted per client); ``state.params`` is always the mean of the groups'
+  (``personal``: bytes are counted per client); ``state.params`` is always the mean of the groups'
   models (the model that is evaluated).
 
 ``lr_milestones`` (global steps) decay the client learning rate by ``lr_decay`` (Lin et al. switch to local
@@ -20,14 +20,16 @@ keeps them across synchronizations as the reference code does -- with momentum t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Mapping
 
 import torch
 from pydantic import Field, model_validator
 
-from fedloom.algorithms.base import LocalSchedule, Params
 from fedloom.algorithms.fedavg import LocalSGD, LocalSGDParams
+from fedloom.core.aggregate import sample_weight, weighted_mean
+from fedloom.core.algorithm import Traits
+from fedloom.core.types import Aggregate, ClientReport, LocalSchedule, Params, ServerState
 from fedloom.registry import ALGORITHMS
 
 
@@ -39,7 +41,7 @@ class PostLocalParams(LocalSGDParams):
     lr_decay: float = Field(0.1, gt=0)
 
     @model_validator(mode="after")
-    def _aligned(self) -> "PostLocalParams":
+    def _aligned(self) -> PostLocalParams:
         H, tp = self.local_steps, self.post_local_from
         if tp % H:
             raise ValueError(f"post_local_from: t'={tp} must be a multiple of local_steps H={H}")
@@ -59,7 +61,10 @@ def round_steps(rnd: int, H: int, t_prime: int) -> tuple[int, int]:
 
 @ALGORITHMS.register("postlocal", PostLocalParams, "post-local SGD (Lin et al. 2020): H=1 until t', then H")
 class PostLocalSGD(LocalSGD):
-    def round_schedule(self, sched: LocalSchedule, rnd: int) -> LocalSchedule:
+    p: PostLocalParams
+
+    def local_schedule(self, base: LocalSchedule, rnd: int) -> LocalSchedule:
+        sched = super().local_schedule(base, rnd)
         t0, h = round_steps(rnd, self.p.local_steps, self.p.post_local_from)
         lr = sched.lr * self.p.lr_decay ** sum(t0 > m for m in self.p.lr_milestones)
         return replace(sched, local_steps=h, lr=lr)
@@ -73,51 +78,58 @@ class HierarchicalParams(PostLocalParams):
 @ALGORITHMS.register("hierarchical", HierarchicalParams,
                      "hierarchical local SGD (Lin et al. 2020): group averages every H, global every H*H_b")
 class HierarchicalLocalSGD(PostLocalSGD):
-    broadcasts_model = False  # each client gets its group's model (client_broadcast)
+    p: HierarchicalParams
+    traits = Traits(plain_mean=False, personalized_models=True, averages_models=True)  # per-group means
+    contract_config = {"algorithm": {"name": "hierarchical", "group_size": 2, "local_steps": 2}}
 
-    def bind(self, sim: Any) -> None:
-        n, g = sim.data.num_clients, self.p.group_size
+    def bind(self, ctx) -> None:
+        n, g = ctx.num_clients, self.p.group_size
         if n % g:
             raise ValueError(f"algorithm.group_size: {n} clients are not divisible into groups of {g}")
-        so = sim.cfg.server_optimizer
-        if so.name != "sgd" or so.params.get("lr", 1.0) != 1.0 or so.params.get("momentum", 0.0):
-            raise ValueError("server_optimizer: hierarchical local SGD averages models (use sgd with lr 1)")
-        if sim.dp is not None or sim.secagg_config is not None or sim.aggregator.name != "mean":
-            raise ValueError("algorithm hierarchical: averages per group; DP, secure aggregation and robust "
-                             "aggregators are not supported")
         self.num_groups = n // g
 
     def _groups(self, state) -> list[Params] | None:
         return state.algo_state.get("groups")  # None: every group holds the global model
 
-    def client_broadcast(self, state, k: int) -> Params:
+    def broadcast(self, state) -> Params:
+        return {}  # each client gets its group's model instead (personal)
+
+    def personal(self, state, k: int) -> Params:
         groups = self._groups(state)
         return dict(state.params) if groups is None else dict(groups[k // self.p.group_size])
 
-    def client_weight(self, out_meta: Mapping[str, Any]) -> tuple[float, int]:
-        return super().client_weight(out_meta), int(out_meta["client"])
+    def make_aggregator(self, ctx) -> GroupMeans:
+        return GroupMeans(self.num_groups, self.p.group_size, self.p.weighting)
 
-    def server_aggregate(self, global_params: Params, updates: list[Params], weights: list[Any]) -> Params:
-        """Per-group weighted means of the updates, as entries ``g<j>/<name>``."""
-        out: Params = {}
-        for j in range(self.num_groups):
-            mine = [(u, w) for u, (w, k) in zip(updates, weights) if k // self.p.group_size == j]
-            if mine:
-                mean = self.aggregate([u for u, _ in mine], [w for _, w in mine])
-                out.update({f"g{j}/{n}": v for n, v in mean.items()})
-        return out
-
-    def server_update(self, state, agg: Params, server_opt) -> dict[str, Any]:
+    def server_step(self, ctx, state, agg):
         groups = self._groups(state) or [{n: v.clone() for n, v in state.params.items()}
                                          for _ in range(self.num_groups)]
         for j, g in enumerate(groups):
             for n in g:
-                if f"g{j}/{n}" in agg:
-                    g[n].add_(agg[f"g{j}/{n}"])
+                if f"g{j}/{n}" in agg.update:
+                    g[n].add_(agg.update[f"g{j}/{n}"])
         t0, h = round_steps(state.round, self.p.local_steps, self.p.post_local_from)
         t_end = t0 + h - 1
         glob = state.round <= self.p.post_local_from or t_end % (self.p.local_steps * self.p.global_every) == 0
         for n in state.params:  # the evaluated model: the mean of the groups (= of all clients, equal groups)
             state.params[n].copy_(torch.stack([g[n] for g in groups]).mean(0))
-        state.algo_state["groups"] = None if glob else groups
-        return {"sync": "global" if glob else "group"}
+        return replace(state, algo_state={**state.algo_state, "groups": None if glob else groups}), \
+            {"sync": "global" if glob else "group"}
+
+
+class GroupMeans:
+    """Per-group weighted means of the updates, as entries ``g<j>/<name>`` (groups of consecutive client ids)."""
+
+    def __init__(self, num_groups: int, group_size: int, weighting: str):
+        self.num_groups, self.group_size, self.weighting = num_groups, group_size, weighting
+
+    def aggregate(self, rnd: int, reports: Sequence[ClientReport], state: ServerState) -> Aggregate:
+        if not reports:
+            return Aggregate(None, reports)
+        out: Params = {}
+        for j in range(self.num_groups):
+            mine = [r for r in reports if r.client // self.group_size == j]
+            if mine:
+                mean = weighted_mean([r.update for r in mine], [sample_weight(r, self.weighting) for r in mine])
+                out.update({f"g{j}/{n}": v for n, v in mean.items()})
+        return Aggregate(out, reports)

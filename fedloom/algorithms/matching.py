@@ -28,15 +28,17 @@ MLPs and CNNs (``mlp``, ``cnn``, ``logreg``). :mod:`fedloom.algorithms.heterofl`
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from pydantic import Field
 from scipy.optimize import linear_sum_assignment
 from torch import nn
 
-from fedloom.algorithms.base import Algorithm, AlgorithmParams, Params
+from fedloom.core.aggregate import sample_weight
+from fedloom.core.algorithm import AlgorithmParams, LocalSGDAlgorithm, Traits
+from fedloom.core.types import Aggregate, ClientReport, Params, ServerState
 from fedloom.registry import ALGORITHMS
 
 _PASS_THROUGH = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.MaxPool2d, nn.AvgPool2d, nn.Dropout,
@@ -183,21 +185,37 @@ class MatchedAvgParams(AlgorithmParams):
 @ALGORITHMS.register("matched_avg", MatchedAvgParams,
                      "PFNM/FedMA-style matched averaging: Hungarian-align hidden units to the global model, "
                      "then average")
-class MatchedAvg(Algorithm):
+class MatchedAvg(LocalSGDAlgorithm):
     """Local SGD as in FedAvg. The server aligns each client model's hidden units to the global model
     (layer-wise Hungarian matching) before the weighted average. MLP and CNN (``nn.Sequential``) models."""
 
+    p: MatchedAvgParams
+    traits = Traits(plain_mean=False)
 
     def __init__(self, params: MatchedAvgParams):
         super().__init__(params)
         self.units: HiddenUnits | None = None
 
-    def setup(self, model: nn.Module) -> None:
-        self.units = hidden_units(model)
+    def bind(self, ctx) -> None:
+        self.units = hidden_units(ctx.model)
 
-    def server_aggregate(self, global_params: Params, updates: list[Params], weights: list[Any]) -> Params:
+    def make_aggregator(self, ctx) -> MatchedAverage:
         if self.units is None:
-            raise RuntimeError("matched_avg: setup(model) was not called")
-        models = [{k: global_params[k] + u[k] for k in u} for u in updates]
-        avg = matched_average(models, weights, self.units, reference=global_params, iterations=self.p.iterations)
-        return {k: avg[k] - global_params[k] for k in avg}
+            raise RuntimeError("matched_avg: bind(ctx) was not called")
+        return MatchedAverage(self.units, self.p.iterations, self.p.weighting)
+
+
+class MatchedAverage:
+    """Align every client model to the global one (Hungarian matching of hidden units), then average."""
+
+    def __init__(self, units: HiddenUnits, iterations: int, weighting: str):
+        self.units, self.iterations, self.weighting = units, iterations, weighting
+
+    def aggregate(self, rnd: int, reports: Sequence[ClientReport], state: ServerState) -> Aggregate:
+        if not reports:
+            return Aggregate(None, reports)
+        g = state.params
+        models = [{k: g[k] + r.update[k] for k in r.update} for r in reports]
+        avg = matched_average(models, [sample_weight(r, self.weighting) for r in reports], self.units, reference=g,
+                              iterations=self.iterations)
+        return Aggregate({k: avg[k] - g[k] for k in avg}, reports)

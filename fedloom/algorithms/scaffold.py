@@ -1,11 +1,11 @@
 """SCAFFOLD (Karimireddy et al., "SCAFFOLD: Stochastic Controlled Averaging for Federated Learning", ICML 2020).
 
 The algorithm that shows fedloom's *stateful clients*: every client keeps a control variate c_i between rounds
-(kept by the simulation in ``task.client_states``, saved in checkpoints), the server keeps c.
+(kept by the client runtime in ``job.client_states``, saved in checkpoints), the server keeps c.
 
 Round (the paper's Algorithm 1, option II for the client control variate):
 
-* server -> sampled clients: the model x and the server control variate c (``broadcast_extras``);
+* server -> sampled clients: the model x and the server control variate c (``broadcast``);
 * client i: y <- x; K local steps y <- y - eta_l (g_i(y) - c_i + c). This is local SGD on the loss
   f_i(y) + <y, c - c_i>, whose gradient is g_i(y) + c - c_i, so both engines run it unchanged (the per-client
   correction c - c_i reaches the vmapped loss through ``client_inputs``);
@@ -22,12 +22,14 @@ not the average gradient; the paper assumes plain SGD.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
 from pydantic import Field
 
-from fedloom.algorithms.base import Algorithm, AlgorithmParams, ClientOutput, Params
+from fedloom.core.algorithm import AlgorithmParams, LocalSGDAlgorithm
+from fedloom.core.types import ClientReport, Params
 from fedloom.registry import ALGORITHMS
 
 C = "scaffold.c."  # prefix of control-variate entries in messages
@@ -40,54 +42,55 @@ class ScaffoldParams(AlgorithmParams):
 
 
 @ALGORITHMS.register("scaffold", ScaffoldParams, "SCAFFOLD: control variates correct client drift (stateful clients)")
-class Scaffold(Algorithm):
-    def bind(self, sim: Any) -> None:
-        self.num_clients = sim.data.num_clients
-        st = sim.state
-        if "c" not in st.algo_state:
-            st.algo_state["c"] = {k: torch.zeros_like(v) for k, v in st.params.items()}
+class Scaffold(LocalSGDAlgorithm):
+    def bind(self, ctx) -> None:
+        self.num_clients = ctx.num_clients
+
+    def init_state(self, ctx) -> dict[str, Any]:
+        return {"c": {k: torch.zeros(s, dtype=dt, device=ctx.device) for k, (s, dt) in ctx.param_spec.items()}}
 
     # -- what travels --------------------------------------------------------------------------------
-    def broadcast_extras(self, state) -> Params:
-        return {C + k: v for k, v in state.algo_state["c"].items()}
+    def broadcast(self, state) -> Params:
+        return {**state.params, **{C + k: v for k, v in state.algo_state["c"].items()}}
 
-    def upload_spec(self, expected):
-        return {**expected, **{C + k: v for k, v in expected.items()}}
+    def upload_spec(self, model_spec):
+        return {**model_spec, **{C + k: v for k, v in model_spec.items()}}
 
     # -- client side ---------------------------------------------------------------------------------
-    def _c_i(self, task, k: int) -> Params:
+    def _c_i(self, job, k: int) -> Params:
         """Client k's control variate (0 before its first round)."""
-        st = task.client_states.get(k)
-        return st["c"] if st is not None else {n: torch.zeros_like(p) for n, p in task.params.items()}
+        st = job.client_states.get(k)
+        return st["c"] if st is not None else {n: torch.zeros_like(p) for n, p in job.params.items()}
 
-    def client_inputs(self, task, k: int) -> dict[str, torch.Tensor]:
-        c_i = self._c_i(task, k)
-        return {CORR + n: task.extras[C + n] - c_i[n].to(task.extras[C + n].device) for n in task.params}
+    def client_inputs(self, job, k: int) -> dict[str, torch.Tensor]:
+        c_i = self._c_i(job, k)
+        return {CORR + n: job.extras[C + n] - c_i[n].to(job.extras[C + n].device) for n in job.params}
 
-    def client_loss(self, forward, params, x, y, w, ctx):
-        loss, aux = super().client_loss(forward, params, x, y, w, ctx)
+    def local_loss(self, data_loss, params, ctx):
+        loss, aux = data_loss(params)
         corr = sum((params[n] * ctx[CORR + n]).sum() for n in params)  # gradient: + (c - c_i)
         return loss + corr, aux
 
-    def client_finish(self, task, k: int, out: ClientOutput) -> ClientOutput:
-        steps = task.schedule.num_steps(len(task.data.client_indices[k]))
+    def client_finish(self, job, report: ClientReport) -> ClientReport:
+        k = report.client
+        steps = job.schedule.num_steps(len(job.data.client_indices[k]))
         if steps == 0:  # no data, no step: keep c_i, send dc = 0
-            dc = {n: torch.zeros_like(v) for n, v in out.update.items()}
+            dc = {n: torch.zeros_like(v) for n, v in report.update.items()}
         else:
-            c, c_i = {n: task.extras[C + n] for n in task.params}, self._c_i(task, k)
+            c, c_i = {n: job.extras[C + n] for n in job.params}, self._c_i(job, k)
             # c_i+ - c_i = -c + (x - y) / (K eta_l) = -c - dy / (K eta_l)
-            scale = 1.0 / task.schedule.lr_sum(steps)  # K eta_l (the sum of the step sizes under a schedule)
-            dc = {n: -c[n] - out.update[n] * scale for n in task.params}
-            task.client_states[k] = {"c": {n: (c_i[n].to(dc[n].device) + dc[n]).detach().clone() for n in dc}}
-        return ClientOutput({**out.update, **{C + n: v for n, v in dc.items()}}, out.num_samples, out.train_loss,
-                            out.meta)
+            scale = 1.0 / job.schedule.lr_sum(steps)  # K eta_l (the sum of the step sizes under a schedule)
+            dc = {n: -c[n] - report.update[n] * scale for n in job.params}
+            job.client_states[k] = {"c": {n: (c_i[n].to(dc[n].device) + dc[n]).detach().clone() for n in dc}}
+        return replace(report, update={**report.update, **{C + n: v for n, v in dc.items()}})
 
     # -- server side ---------------------------------------------------------------------------------
-    def server_update(self, state, agg: Params, server_opt) -> dict[str, Any]:
-        model = {k: v for k, v in agg.items() if not k.startswith(C)}
-        state.opt_state = server_opt.step(state.params, model, state.opt_state)
-        frac = state.reported / self.num_clients  # |S| / N
+    def server_step(self, ctx, state, agg):
+        model = {k: v for k, v in agg.update.items() if not k.startswith(C)}
+        opt_state = ctx.server_optimizer.step(state.params, model, state.opt_state)
+        frac = len(agg.reports) / self.num_clients  # |S| / N
         c = state.algo_state["c"]
         for k in c:
-            c[k].add_(agg[C + k], alpha=frac)
-        return {"control_variate_norm": float(torch.sqrt(sum((v.double() ** 2).sum() for v in c.values())))}
+            c[k].add_(agg.update[C + k], alpha=frac)
+        norm = float(torch.sqrt(sum((v.double() ** 2).sum() for v in c.values())))
+        return replace(state, opt_state=opt_state), {"control_variate_norm": norm}

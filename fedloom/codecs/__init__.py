@@ -9,21 +9,36 @@ Configured per run as a list, applied in order on the client and undone in rever
 
 Sketches (:mod:`fedloom.codecs.sketch`) compress a fully trained update; structured codecs
 (:mod:`fedloom.codecs.structured`) restrict client training itself and must come first. :class:`UpdateCodec`
-binds a chain to a model's layout and a run seed: it is what :class:`fedloom.simulation.Simulation` calls in
-steps 3 (reparametrized training), 4 (encode) and 5 (decode).
+binds a chain to a model's layout and a run seed; :class:`CodecStage` is its client-pipeline stage (step 4:
+encode on the client with the client's own chain state; step 5: decode on the server), and its
+:meth:`UpdateCodec.reparam` is step 3's reparametrized training.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Any
 
 import torch
 
 from fedloom import wire
-from fedloom.codecs import sketch, structured  # noqa: F401  (registration)
-from fedloom.codecs.base import CODECS, Chain, ChainState, Codec, CodecParams, LayerSpec, build_codec, chain, layer_seed, select_layers
+from fedloom.codecs import sketch, structured, topk  # noqa: F401  (registration)
+from fedloom.codecs.base import (
+    CODECS,
+    Chain,
+    ChainState,
+    Codec,
+    CodecParams,
+    LayerSpec,
+    build_codec,
+    chain,
+    layer_seed,
+    select_layers,
+)
 from fedloom.codecs.sketch import fwht, pack_bits, unpack_bits
 from fedloom.codecs.structured import StructuredCodec, StructuredReparam
+from fedloom.core.types import ClientReport, ParamSpec, RoundInfo
 from fedloom.rng import derive_seed
 
 
@@ -92,6 +107,42 @@ class UpdateCodec:
         return wire.Message(self.chain.decode(m.tensors, self.plan, key, self.shapes), m.meta)
 
 
-__all__ = ["CODECS", "Chain", "ChainState", "Codec", "CodecParams", "LayerSpec", "StructuredCodec", "StructuredReparam",
+class CodecStage:
+    """Client-pipeline stage: the codec chain. On the client it encodes the update with the client's own chain
+    state (kept and checkpointed by the runtime: a stateful codec such as top-k with error feedback carries its
+    residual there) and puts the message key in the meta; on the server it validates the key and decodes."""
+
+    name = "codecs"
+
+    def __init__(self, codec: UpdateCodec):
+        self.codec = codec
+        self.stateful = any(st.stateful for st in codec.chain.stages)  # else nothing per client is kept
+
+    def init(self, client: int) -> ChainState:
+        return self.codec.plan
+
+    def client(self, report: ClientReport, state: ChainState, info: RoundInfo
+               ) -> tuple[ClientReport, ChainState | None]:
+        key = self.codec.key(info.round, report.client)
+        tensors, new = self.codec.chain.encode(report.update, state, key)
+        return replace(report, update=tensors, meta={**report.meta, "codec_key": key}), new if self.stateful else None
+
+    def server(self, report: ClientReport) -> ClientReport:
+        key = report.meta.get("codec_key")
+        if not isinstance(key, int) or isinstance(key, bool) or not 0 <= key < 1 << 63:
+            raise wire.MessageError(f"missing or invalid codec_key {key!r}")
+        try:
+            full = self.codec.chain.decode(report.update, self.codec.plan, key, self.codec.shapes)
+        except ValueError as e:  # a stage found input no honest client produces (e.g. out-of-range indices)
+            raise wire.MessageError(str(e)) from None
+        meta = {k: v for k, v in report.meta.items() if k != "codec_key"}
+        return replace(report, update=full, meta=meta)
+
+    def out_spec(self, spec: ParamSpec) -> ParamSpec:
+        return dict(self.codec.wire_layout)
+
+
+__all__ = ["CODECS", "Chain", "ChainState", "Codec", "CodecParams", "CodecStage", "LayerSpec", "StructuredCodec",
+           "StructuredReparam",
            "UpdateCodec", "build_codec", "chain", "chain_errors", "fwht", "layer_seed", "pack_bits", "select_layers",
            "unpack_bits"]

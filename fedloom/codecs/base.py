@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import fnmatch
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Mapping, NamedTuple, Sequence
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -74,6 +75,7 @@ class Codec:
     codec_name: ClassVar[str] = "codec"  # its registry name
     structured: ClassVar[bool] = False  # changes client training (see fedloom.codecs.structured)
     terminal: ClassVar[bool] = False  # emits bytes (uint8): nothing can follow it on a layer
+    stateful: ClassVar[bool] = False  # encode returns a new per-client state (memory across rounds, checkpointed)
     Params: ClassVar[type[CodecParams]] = CodecParams
 
     def __init__(self, params: CodecParams | None = None):

@@ -15,7 +15,8 @@ sequential still holds. The server rebuilds A or the pattern from the seed carri
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from pydantic import Field

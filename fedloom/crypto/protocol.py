@@ -208,6 +208,12 @@ class Aggregator:
         if client in self._contributors:
             raise BadMessage(client, "a second message in the same aggregation (each client counts once)")
         cts, header = self.parse(client, msg)
+        return self.add(client, cts, header)
+
+    def add(self, client: Any, cts: list[mpz], header: dict) -> dict:
+        """Add one parsed message (:meth:`parse`) to the running product; returns its plaintext metadata."""
+        if client in self._contributors:
+            raise BadMessage(client, "a second message in the same aggregation (each client counts once)")
         if self._weight + header["weight"] > self.spec.capacity:
             raise BadMessage(client, f"total weight would exceed the packing capacity {self.spec.capacity}")
         n2 = self.public_key.n2

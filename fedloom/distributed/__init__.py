@@ -9,6 +9,6 @@
 """
 
 from fedloom.distributed.comm import Comm, CommStats
-from fedloom.distributed.local_sgd import DPConfig, sync_kind, train
+from fedloom.distributed.local_sgd import LocalSGDConfig, sync_kind, train
 
-__all__ = ["Comm", "CommStats", "DPConfig", "sync_kind", "train"]
+__all__ = ["Comm", "CommStats", "LocalSGDConfig", "sync_kind", "train"]

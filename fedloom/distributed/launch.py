@@ -5,7 +5,7 @@ torchrun, one machine (gloo on CPU; nccl is picked automatically when CUDA is av
     torchrun --standalone --nproc-per-node 4 -m fedloom.distributed.launch algorithm=postlocal \\
         local_steps=16 post_local_from=160 lr_milestones=[160] steps=400 model=cnn dataset=fashion_mnist
 
-or the same through the CLI: ``torchrun ... $(which fedloom) train-dp algorithm=local ...``.
+or the same through the CLI: ``torchrun ... $(which fedloom) train-local-sgd algorithm=local ...``.
 
 torchrun, two nodes of 8 ranks (run on each node; MASTER is node 0's address)::
 
@@ -62,14 +62,14 @@ def spawn(fn: Callable, world_size: int, *args: Any, threads: int = 1, start_met
 
 def train_rank(rank: int, world: int, cfg_dict: dict) -> dict:
     """Spawn target: one rank of :func:`fedloom.distributed.local_sgd.train`."""
-    from fedloom.distributed.local_sgd import DPConfig, train
+    from fedloom.distributed.local_sgd import LocalSGDConfig, train
 
-    return train(DPConfig(**cfg_dict))
+    return train(LocalSGDConfig(**cfg_dict))
 
 
 def run_jobs(rank: int, world: int, jobs: list[tuple[str, dict]]) -> list[Any]:
     """Spawn target running several jobs on one set of ranks (process start-up is paid once):
-    ``("train", DPConfig mapping)`` or ``("simulation", raw RunConfig mapping)`` (returns the final params)."""
+    ``("train", LocalSGDConfig mapping)`` or ``("simulation", raw RunConfig mapping)`` (returns the final params)."""
     from fedloom.config import validate_config
     from fedloom.simulation import Simulation
 
@@ -88,14 +88,14 @@ def run_jobs(rank: int, world: int, jobs: list[tuple[str, dict]]) -> list[Any]:
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs (values read as YAML) into a DPConfig mapping; a bad field exits with status 2."""
+    """``key=value`` pairs (values read as YAML) into a LocalSGDConfig mapping; a bad field exits with status 2."""
     from fedloom.config import parse_value
 
     out: dict[str, Any] = {}
     for a in argv:
         k, sep, v = a.partition("=")
         if not sep:
-            raise SystemExit(f"fedloom train-dp: expected key=value, got {a!r}")
+            raise SystemExit(f"fedloom train-local-sgd: expected key=value, got {a!r}")
         out[k] = parse_value(v)
     return out
 
@@ -104,17 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     """torchrun entry point: every rank trains; rank 0 prints a JSON summary (and writes it to ``out=``)."""
     from pydantic import ValidationError
 
-    from fedloom.distributed.local_sgd import DPConfig, train
+    from fedloom.distributed.local_sgd import LocalSGDConfig, train
 
     raw = parse_overrides(sys.argv[1:] if argv is None else argv)
     out = raw.pop("out", None)
     try:
-        cfg = DPConfig(**raw)
+        cfg = LocalSGDConfig(**raw)
     except ValidationError as e:
-        print(f"fedloom train-dp: invalid config:\n{e}", file=sys.stderr)
+        print(f"fedloom train-local-sgd: invalid config:\n{e}", file=sys.stderr)
         return 2
     if "RANK" not in os.environ:
-        print("fedloom train-dp: not launched by torchrun (RANK/WORLD_SIZE unset); running 1 rank", file=sys.stderr)
+        print("fedloom train-local-sgd: not launched by torchrun (RANK/WORLD_SIZE unset); running 1 rank", file=sys.stderr)
         os.environ.update(RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     backend = default_backend()
     if backend == "nccl":
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             cfg.check_world(dist.get_world_size())
         except ValueError as e:
-            print(f"fedloom train-dp: {e}", file=sys.stderr)
+            print(f"fedloom train-local-sgd: {e}", file=sys.stderr)
             return 2
         res = train(cfg)
         if dist.get_rank() == 0:

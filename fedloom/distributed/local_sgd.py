@@ -50,12 +50,12 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fedloom.algorithms.base import LocalSchedule, client_batches
+from fedloom.core.types import LocalSchedule, client_batches
 from fedloom.distributed.comm import Comm
 from fedloom.rng import derive_seed, torch_generator
 
 
-class DPConfig(BaseModel):
+class LocalSGDConfig(BaseModel):
     """One data-parallel training run (every field validated; errors name the field)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -85,7 +85,7 @@ class DPConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="evaluate the averaged model every N steps (0 = only at the end)")
 
     @model_validator(mode="after")
-    def _check(self) -> DPConfig:
+    def _check(self) -> LocalSGDConfig:
         if self.local_steps <= 0:
             raise ValueError(f"local_steps: H must be >= 1, got {self.local_steps}")
         if self.global_every <= 0:
@@ -109,7 +109,7 @@ class DPConfig(BaseModel):
 
 
 # -- the schedule ---------------------------------------------------------------------------------------------
-def sync_kind(cfg: DPConfig, t: int) -> str | None:
+def sync_kind(cfg: LocalSGDConfig, t: int) -> str | None:
     """What happens at step t (1-based): ``grad`` (all-reduce gradients before the update), ``global`` /
     ``group`` (average parameters after the update), or None (purely local step)."""
     H = cfg.local_steps
@@ -124,7 +124,7 @@ def sync_kind(cfg: DPConfig, t: int) -> str | None:
     return "global" if t % H == 0 else None
 
 
-def lr_at(cfg: DPConfig, t: int) -> float:
+def lr_at(cfg: LocalSGDConfig, t: int) -> float:
     """Learning rate of step t (1-based): step decay at ``lr_milestones`` or Stich's eta_t = lr*a/(a+t)."""
     if cfg.lr_inverse_a is not None:
         return cfg.lr * cfg.lr_inverse_a / (cfg.lr_inverse_a + t - 1)
@@ -135,7 +135,7 @@ def lr_at(cfg: DPConfig, t: int) -> float:
 class BatchStream:
     """Rank ``rank``'s sample indices for steps 1, 2, ... (see the module docstring for both modes)."""
 
-    def __init__(self, cfg: DPConfig, train_y: torch.Tensor, rank: int, world: int):
+    def __init__(self, cfg: LocalSGDConfig, train_y: torch.Tensor, rank: int, world: int):
         self.cfg, self.rank, self.world, self.n = cfg, rank, world, len(train_y)
         b = cfg.batch_size
         if cfg.sampling == "global":
@@ -166,7 +166,7 @@ class BatchStream:
         return self.shard[self._cache[1][s]]
 
 
-def simulator_round(cfg: DPConfig, t: int) -> tuple[int, int, int]:
+def simulator_round(cfg: LocalSGDConfig, t: int) -> tuple[int, int, int]:
     """(round, step within it, steps in it) of global step t (1-based) in fedloom's simulator: rounds end at
     synchronizations -- blocks of H steps, preceded for post-local / hierarchical SGD by t' one-step rounds
     (:mod:`fedloom.algorithms.local_family`)."""
@@ -177,7 +177,7 @@ def simulator_round(cfg: DPConfig, t: int) -> tuple[int, int, int]:
     return tp + j + 1, s, cfg.local_steps
 
 
-def build(cfg: DPConfig, device: torch.device):
+def build(cfg: LocalSGDConfig, device: torch.device):
     """(data source, model) with the simulator's seeding: the model is initialised from derive_seed(seed, "model-init")."""
     from fedloom.data.datasets import load_dataset
     from fedloom.models import build_model
@@ -199,7 +199,7 @@ def evaluate(model, x: torch.Tensor, y: torch.Tensor, device, batch: int = 4096)
     return loss / max(len(y), 1), correct / max(len(y), 1)
 
 
-def _torch_averager(cfg: DPConfig, world: int):
+def _torch_averager(cfg: LocalSGDConfig, world: int):
     from torch.distributed.algorithms.model_averaging.averagers import (
         PeriodicModelAverager,
     )
@@ -222,7 +222,7 @@ def _torch_averager(cfg: DPConfig, world: int):
         return PeriodicModelAverager(period=cfg.local_steps)
 
 
-def train(cfg: DPConfig, device: torch.device | str | None = None) -> dict[str, Any]:
+def train(cfg: LocalSGDConfig, device: torch.device | str | None = None) -> dict[str, Any]:
     """Run ``cfg`` on this rank of an initialised default process group; every rank must call it.
 
     Returns (on every rank) the final averaged parameters, the evaluation history, communication counts

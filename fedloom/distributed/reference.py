@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from fedloom.distributed.local_sgd import (
     BatchStream,
-    DPConfig,
+    LocalSGDConfig,
     build,
     evaluate,
     lr_at,
@@ -26,7 +26,7 @@ from fedloom.distributed.local_sgd import (
 )
 
 
-def simulate(cfg: DPConfig, world_size: int, *, loss_fn=None, on_step=None) -> dict[str, Any]:
+def simulate(cfg: LocalSGDConfig, world_size: int, *, loss_fn=None, on_step=None) -> dict[str, Any]:
     """Run ``cfg`` with ``world_size`` simulated workers; returns the final averaged model and counts.
 
     ``on_step(t, avg_params)`` is called after every step with the workers' average (the x_bar_t of Stich's

@@ -1,5 +1,7 @@
-"""How client work executes. Engines never contain algorithm math: they run an algorithm's local
-objective (or its arbitrary client code) for a cohort and return per-client outputs."""
+"""How client work executes in the simulation. Engines never contain algorithm math: they run a
+:class:`~fedloom.core.algorithm.LocalSGDAlgorithm`'s local objective (or a
+:class:`~fedloom.core.algorithm.CustomClientAlgorithm`'s client code) for a cohort and return one
+:class:`~fedloom.core.types.ClientReport` per client."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from fedloom.algorithms.base import Algorithm, ClientOutput, LocalSchedule, Params, client_batches
-from fedloom.data.federated import FederatedData
+from fedloom.core.algorithm import Algorithm, CustomClientAlgorithm, LocalSGDAlgorithm
+from fedloom.core.types import ClientReport, LocalSchedule, Params, Task, client_batches
+from fedloom.models.tasks import Classification
 from fedloom.rng import torch_generator
 
 
@@ -29,23 +32,29 @@ class Reparametrization(Protocol):
 
 
 @dataclass
-class CohortTask:
-    """Everything client work in one round needs."""
+class CohortJob:
+    """Everything a cohort's client work in one round needs (what the clients received, their data, the
+    round's schedule). Built by the client runtime from the decoded broadcast."""
 
     model: nn.Module          # architecture template (its own parameters are not used)
     params: Params            # the broadcast global model, as decoded by the clients
     buffers: Params
     clients: list[int]
-    data: FederatedData
+    data: Any                 # the federated data (client_indices, source)
     schedule: LocalSchedule
     algorithm: Algorithm
     seed: int
     round: int
     device: torch.device
+    task: Task | None = None  # the loss (fedloom.models.tasks); None: classification
     reparam: Reparametrization | None = None  # None: train the model's parameters directly
-    extras: Params = field(default_factory=dict)  # decoded Algorithm.broadcast_extras
-    personal: dict[int, Params] = field(default_factory=dict)  # decoded Algorithm.client_broadcast, per client
+    extras: Params = field(default_factory=dict)  # broadcast entries that are not model parameters
+    personal: dict[int, Params] = field(default_factory=dict)  # decoded personalized messages, per client
     client_states: dict[int, Any] = field(default_factory=dict)  # persistent per-client state (checkpointed)
+
+    def __post_init__(self) -> None:
+        if self.task is None:
+            self.task = Classification()
 
     def _personal_model(self, k: int) -> Params | None:
         """The whole model in client k's personalized message (parameter order), or None if it carries none."""
@@ -71,7 +80,7 @@ class CohortTask:
         return client_batches(n, self.schedule, torch_generator(self.seed, "batches", self.round, k))
 
 
-def client_start(task: CohortTask, k: int) -> tuple[Params, Params]:
+def client_start(task: CohortJob, k: int) -> tuple[Params, Params]:
     """Client k's trainable starting point and per-client constants: (broadcast model, {}) by default, or
     the model in client k's personalized message (``Algorithm.client_broadcast``)."""
     start = task.start_params(k)
@@ -80,21 +89,34 @@ def client_start(task: CohortTask, k: int) -> tuple[Params, Params]:
     return task.reparam.client_init(start, k)
 
 
-def client_objective(task: CohortTask, forward, ctx):
-    """The algorithm's functional loss as a function of (trainable z, per-client constants, x, y, w)."""
-    alg, rp, gp = task.algorithm, task.reparam, task.params
+def client_objective(task: CohortJob, forward, ctx):
+    """The algorithm's local objective as a function of (trainable z, per-client constants, x, y, w): the
+    task's weighted loss on the batch, wrapped by :meth:`LocalSGDAlgorithm.local_loss`."""
+    alg, rp, gp, loss = task.algorithm, task.reparam, task.params, task.task
+    assert isinstance(alg, LocalSGDAlgorithm) and loss is not None
     if rp is not None and task.per_client_start:
         raise ValueError("structured codecs (low rank / mask) expand around one shared model; they cannot be "
                          "combined with personalized per-client models")
+
+    def data_loss(x, y, w):
+        return lambda p: loss.weighted_loss(forward(p, x), y, w)
+
     if rp is None:
-        return lambda p, c, x, y, w: alg.client_loss(forward, p, x, y, w, ctx)
-    return lambda z, c, x, y, w: alg.client_loss(forward, rp.expand(z, c, gp), x, y, w, ctx)
+        return lambda p, c, x, y, w: alg.local_loss(data_loss(x, y, w), p, ctx)
+    return lambda z, c, x, y, w: alg.local_loss(data_loss(x, y, w), rp.expand(z, c, gp), ctx)
+
+
+def custom_client_reason(algorithm: Algorithm) -> str | None:
+    """Why ``algorithm`` cannot be vectorized (it runs its own client code), or None."""
+    if isinstance(algorithm, CustomClientAlgorithm):
+        return f"algorithm {type(algorithm).__name__} runs its own client code (not local SGD on a loss)"
+    return None
 
 
 class Engine:
     name = "base"
 
-    def run(self, task: CohortTask) -> list[ClientOutput]:
+    def run(self, task: CohortJob) -> list[ClientReport]:
         raise NotImplementedError
 
 
@@ -103,30 +125,3 @@ def make_forward(model: nn.Module, buffers: Params):
         return functional_call(model, (params, buffers), (x,))
 
     return forward
-
-
-def sgd_step_(params: Params, grads: Params, bufs: Params | None, sched: LocalSchedule,
-              active: torch.Tensor | None = None, lr: float | None = None) -> None:
-    """One SGD step in place (PyTorch's SGD semantics: buf <- mu buf + g; p <- p - lr buf).
-
-    ``active`` (shape [C], vectorized engine) masks clients that have no batch at this step: their
-    parameters and momentum buffers are left untouched. ``lr`` overrides ``sched.lr`` (a schedule's step).
-    """
-    lr = sched.lr if lr is None else lr
-    for k, p in params.items():
-        g = grads[k]
-        if sched.weight_decay:
-            g = g.add(p, alpha=sched.weight_decay)
-        if bufs is not None:
-            b = bufs[k]
-            if active is None:
-                b.mul_(sched.momentum).add_(g)
-            else:
-                a = active.view(-1, *([1] * (b.dim() - 1)))
-                b.copy_(torch.where(a, b * sched.momentum + g, b))
-            g = b
-        if active is None:
-            p.sub_(g, alpha=lr)
-        else:
-            p.sub_(g * active.view(-1, *([1] * (p.dim() - 1))).to(p.dtype), alpha=lr)
-

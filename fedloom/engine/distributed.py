@@ -1,6 +1,6 @@
 """The ``distributed`` engine: a round's cohort sharded over torch.distributed ranks (scale-out simulation).
 
-Every rank runs the same :class:`fedloom.simulation.Simulation` (same config, same seed, so the same cohort
+Every rank runs the same simulation (:class:`fedloom.simulation.Simulation`) (same config, same seed, so the same cohort
 plan and broadcast model). In step 3 rank r trains the clients ``cohort[r::W]`` with a local engine
 (``vectorized`` by default, falling back to ``sequential`` exactly when the simulator would), then the
 per-client outputs are all-gathered so every rank holds the whole cohort's updates, in cohort order, and runs
@@ -29,8 +29,10 @@ from dataclasses import replace
 import torch.distributed as dist
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedloom.algorithms.base import ClientOutput
-from fedloom.engine.base import CohortTask, Engine
+from fedloom.core.types import ClientReport
+from fedloom.engine.base import CohortJob, Engine
+from fedloom.engine.sequential import SequentialEngine
+from fedloom.engine.vectorized import VectorizedEngine, VectorizedParams, fallback_reason
 from fedloom.registry import ENGINES
 
 
@@ -47,19 +49,12 @@ class DistributedEngine(Engine):
     def __init__(self, params: DistributedParams | None = None):
         self.p = params or DistributedParams()
 
-    def _local_engine(self, task: CohortTask) -> Engine:
-        from fedloom.engine.sequential import SequentialEngine
-        from fedloom.engine.vectorized import (
-            VectorizedEngine,
-            VectorizedParams,
-            fallback_reason,
-        )
-
+    def _local_engine(self, task: CohortJob) -> Engine:
         if self.p.local == "sequential" or fallback_reason(task.algorithm, task.model):
             return SequentialEngine()
         return VectorizedEngine(VectorizedParams(chunk_size=self.p.chunk_size))
 
-    def run(self, task: CohortTask) -> list[ClientOutput]:
+    def run(self, task: CohortJob) -> list[ClientReport]:
         local = self._local_engine(task)
         if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
             return local.run(task)
@@ -69,12 +64,12 @@ class DistributedEngine(Engine):
         payload = [(i, _to_cpu(o)) for i, o in zip(positions, mine)]
         gathered: list = [None] * world
         dist.all_gather_object(gathered, payload)
-        out: list[ClientOutput | None] = [None] * len(task.clients)
+        out: list[ClientReport | None] = [None] * len(task.clients)
         for part in gathered:
             for i, o in part:
                 out[i] = replace(o, update={k: v.to(task.device) for k, v in o.update.items()})
         return out  # type: ignore[return-value]
 
 
-def _to_cpu(o: ClientOutput) -> ClientOutput:
+def _to_cpu(o: ClientReport) -> ClientReport:
     return replace(o, update={k: v.detach().to("cpu", copy=True) for k, v in o.update.items()})

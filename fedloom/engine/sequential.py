@@ -10,16 +10,19 @@ from __future__ import annotations
 import torch
 from torch.func import grad
 
-from fedloom.algorithms.base import ClientOutput
-from fedloom.engine.base import CohortTask, Engine, client_objective, client_start, make_forward, sgd_step_
+from fedloom.core.algorithm import CustomClientAlgorithm, LocalSGDAlgorithm
+from fedloom.core.types import ClientReport
+from fedloom.engine.base import CohortJob, Engine, client_objective, client_start, make_forward
+from fedloom.optim import sgd_step_
 from fedloom.registry import ENGINES
 
 
-def local_sgd(task: CohortTask, k: int) -> ClientOutput:
+def local_sgd(task: CohortJob, k: int) -> ClientReport:
     """Client k's local SGD on the algorithm's functional loss, starting from the broadcast model."""
     alg, sched = task.algorithm, task.schedule
+    assert isinstance(alg, LocalSGDAlgorithm)
     forward = make_forward(task.model, task.buffers)
-    ctx = {**alg.client_context(task.params), **alg.client_inputs(task, k)}
+    ctx = {**alg.loss_context(task.params), **alg.client_inputs(task, k)}
     z0, consts = client_start(task, k)
     params = {n: p.detach().clone() for n, p in z0.items()}
     bufs = {n: torch.zeros_like(p) for n, p in params.items()} if sched.momentum else None
@@ -40,7 +43,7 @@ def local_sgd(task: CohortTask, k: int) -> ClientOutput:
         w_sum += sw
     update = {n: params[n] - z0[n] for n in params}
     loss = float(lw_sum / w_sum.clamp_min(1.0))
-    return ClientOutput(update, len(idx), loss, alg.client_meta(task, k))
+    return ClientReport(k, update, len(idx), loss, alg.client_meta(task, k))
 
 
 @ENGINES.register("sequential", None, "reference engine: clients one after another; runs any client code")
@@ -50,6 +53,8 @@ class SequentialEngine(Engine):
     def __init__(self, params=None):
         self.p = params
 
-    def run(self, task: CohortTask) -> list[ClientOutput]:
-        train = getattr(task.algorithm, "train_client", None)
-        return [train(task, k) if train is not None else local_sgd(task, k) for k in task.clients]
+    def run(self, task: CohortJob) -> list[ClientReport]:
+        alg = task.algorithm
+        if isinstance(alg, CustomClientAlgorithm):
+            return [alg.train_client(task, k) for k in task.clients]
+        return [local_sgd(task, k) for k in task.clients]

@@ -17,8 +17,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch.func import grad, vmap
 
-from fedloom.algorithms.base import ClientOutput
-from fedloom.engine.base import CohortTask, Engine, client_objective, client_start, make_forward, sgd_step_
+from fedloom.core.algorithm import LocalSGDAlgorithm
+from fedloom.core.types import ClientReport
+from fedloom.engine.base import CohortJob, Engine, client_objective, client_start, custom_client_reason, make_forward
+from fedloom.models import vmap_unsafe_reason
+from fedloom.optim import sgd_step_
 from fedloom.registry import ENGINES
 
 
@@ -28,13 +31,9 @@ class VectorizedParams(BaseModel):
     bucket: bool = Field(True, description="sort the cohort by local step count before chunking (less padding)")
 
 
-def fallback_reason(task_algorithm, model) -> str | None:
+def fallback_reason(algorithm, model) -> str | None:
     """Why a run cannot use the vectorized engine (it then runs on the sequential one), or None."""
-    from fedloom.models import vmap_unsafe_reason
-
-    if not getattr(task_algorithm, "vectorizable", True) or getattr(task_algorithm, "train_client", None) is not None:
-        return f"algorithm {type(task_algorithm).__name__} runs its own client code (not local SGD on a loss)"
-    return vmap_unsafe_reason(model)
+    return custom_client_reason(algorithm) or vmap_unsafe_reason(model)
 
 
 @ENGINES.register("vectorized", VectorizedParams, "torch.func.vmap over the whole cohort (default)")
@@ -44,19 +43,20 @@ class VectorizedEngine(Engine):
     def __init__(self, params: VectorizedParams | None = None):
         self.p = params or VectorizedParams()
 
-    def run(self, task: CohortTask) -> list[ClientOutput]:
+    def run(self, task: CohortJob) -> list[ClientReport]:
         sizes = [len(task.data.client_indices[k]) for k in task.clients]
         steps = [task.schedule.num_steps(n) for n in sizes]
         order = sorted(range(len(task.clients)), key=lambda i: steps[i]) if self.p.bucket else list(range(len(task.clients)))
-        out: list[ClientOutput | None] = [None] * len(task.clients)
+        out: list[ClientReport | None] = [None] * len(task.clients)
         for s in range(0, len(order), self.p.chunk_size):
             chunk = order[s : s + self.p.chunk_size]
             for i, res in zip(chunk, self._run_chunk(task, [task.clients[i] for i in chunk])):
                 out[i] = res
         return out  # type: ignore[return-value]
 
-    def _run_chunk(self, task: CohortTask, clients: list[int]) -> list[ClientOutput]:
+    def _run_chunk(self, task: CohortJob, clients: list[int]) -> list[ClientReport]:
         alg, sched, dev = task.algorithm, task.schedule, task.device
+        assert isinstance(alg, LocalSGDAlgorithm), custom_client_reason(alg)
         C = len(clients)
         batches = [task.batches(k) for k in clients]
         S = max((len(b) for b in batches), default=0)
@@ -78,7 +78,7 @@ class VectorizedEngine(Engine):
             x_all, y_all = x_all.to(dev), y_all.to(dev)
 
         forward = make_forward(task.model, task.buffers)
-        ctx = alg.client_context(task.params)
+        ctx = alg.loss_context(task.params)
         if task.reparam is None and not task.per_client_start:
             z0 = {n: p.detach().unsqueeze(0).expand(C, *p.shape) for n, p in task.params.items()}
             consts: dict = {}
@@ -107,5 +107,5 @@ class VectorizedEngine(Engine):
             params[n].sub_(z0[n])
         for c, k in enumerate(clients):
             upd = {n: params[n][c] for n in params}
-            outs.append(ClientOutput(upd, len(task.data.client_indices[k]), losses[c], alg.client_meta(task, k)))
+            outs.append(ClientReport(k, upd, len(task.data.client_indices[k]), losses[c], alg.client_meta(task, k)))
         return outs

@@ -80,4 +80,4 @@ def vmap_unsafe_reason(model: nn.Module) -> str | None:
     return None
 
 
-from fedloom.models import grouped, lstm, transformer  # noqa: F401  (registration: grouped_*, lstm, transformer)
+from fedloom.models import grouped, lstm, transformer  # noqa: E402,F401  (registration: grouped_*, lstm, transformer)

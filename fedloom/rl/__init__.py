@@ -7,10 +7,12 @@ classic-control environments with per-client physics.
 * :mod:`fedloom.rl.rollout`   experience collection and evaluation
 * :mod:`fedloom.rl.ppo`       PPO (clipped / KL-penalty / unclipped surrogates)
 * :mod:`fedloom.rl.trpo`      TRPO (conjugate gradient, Fisher-vector products, line search under KL <= delta)
-* :mod:`fedloom.rl.federated` ``fedppo`` / ``fedtrpo`` algorithms and the environment families (``cartpole``, ...)
+* :mod:`fedloom.rl.environments` the federated environment families (``cartpole``, ...): clients with their own physics
+
+The federated algorithms ``fedppo`` / ``fedtrpo`` live in :mod:`fedloom.algorithms.fedrl`.
 """
 
-from fedloom.rl import federated  # noqa: F401  (registration: fedppo, fedtrpo, cartpole, ...)
+from fedloom.rl import environments  # noqa: F401  (registration: cartpole, acrobot, ...)
 from fedloom.rl.envs import make_vector_env, set_dynamics
 from fedloom.rl.gae import gae
 from fedloom.rl.policies import ActorCritic

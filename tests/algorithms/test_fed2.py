@@ -10,6 +10,7 @@ from fedloom.algorithms.fed2 import Fed2, Fed2Params, PairedWeight, feature_pair
 from fedloom.config import validate_config
 from fedloom.models import build_model, vmap_unsafe_reason
 from fedloom.simulation import Simulation
+from tests.conftest import through_the_wire
 
 torch.set_num_threads(1)
 
@@ -113,15 +114,15 @@ def test_fed2_vectorized_equals_sequential_and_reports_counts():
 
 def test_label_counts_travel_in_meta():
     sim = Simulation(_cfg())
-    from fedloom.engine import CohortTask
-    cohort = sim.sample_cohort(1).reporting
-    task = CohortTask(sim.model, sim.state.params, sim.buffers, cohort, sim.data, sim.schedule, sim.algorithm,
-                      0, 1, sim.device)
+    from fedloom.engine import CohortJob
+    cohort = sim.server.planner.plan(1, 0).reporting
+    task = CohortJob(sim.model, sim.state.params, sim.buffers, cohort, sim.data, sim.round_schedule(1),
+                     sim.algorithm, 0, 1, sim.device)
     outs = sim.engine.run(task)
     for k, o in zip(cohort, outs):
-        _, meta = sim.decode_update(k, sim.encode_update(k, o))
-        assert meta["label_counts"] == sim.data.label_counts(k).tolist()
-        assert sum(meta["label_counts"]) == meta["num_samples"]
+        got = through_the_wire(sim, o)
+        assert got.meta["label_counts"] == sim.data.label_counts(k).tolist()
+        assert sum(got.meta["label_counts"]) == got.num_samples
 
 
 def test_untrained_group_keeps_its_weights():
@@ -131,7 +132,7 @@ def test_untrained_group_keeps_its_weights():
                model={"name": "grouped_mlp", "hidden": [40, 40], "groups": 5, "depth": 1})
     sim = Simulation(cfg)
     before = {k: v.clone() for k, v in sim.state.params.items()}
-    k = sim.sample_cohort(1).reporting[0]
+    k = sim.server.planner.plan(1, 0).reporting[0]
     sim.run()
     counts = sim.data.label_counts(k)
     trained = {sim.model.class_to_group[c] for c in range(10) if counts[c] > 0}
@@ -147,16 +148,22 @@ def test_untrained_group_keeps_its_weights():
 
 
 def test_bad_meta_and_model_rejected():
+    from types import SimpleNamespace
+
+    from fedloom.core import ClientReport
+
     alg = Fed2(Fed2Params())
     with pytest.raises(ValueError, match="grouped model"):
-        alg.setup(build_model("mlp", {"hidden": [8]}, (4,), 3))
-    alg.setup(build_model("grouped_mlp", {"hidden": [8], "groups": 2}, (4,), 3))
+        alg.bind(SimpleNamespace(model=build_model("mlp", {"hidden": [8]}, (4,), 3)))
+    alg.bind(SimpleNamespace(model=build_model("grouped_mlp", {"hidden": [8], "groups": 2}, (4,), 3)))
     with pytest.raises(ValueError, match="label_counts"):
-        alg.client_weight({"num_samples": 3, "label_counts": [1, 2]})
+        alg.check_report(ClientReport(0, {}, 3, 0.0, {"label_counts": [1, 2]}))
     with pytest.raises(ValueError, match="sum to"):
-        alg.client_weight({"num_samples": 4, "label_counts": [1, 2, 0]})
+        alg.check_report(ClientReport(0, {}, 4, 0.0, {"label_counts": [1, 2, 0]}))
     # contiguous map for 3 classes, 2 groups: classes {0, 1} -> group 0, {2} -> group 1
-    assert alg.client_weight({"num_samples": 3, "label_counts": [1, 2, 0]}) == PairedWeight(3.0, (3.0, 0.0))
+    ok = ClientReport(0, {}, 3, 0.0, {"label_counts": [1, 2, 0]})
+    alg.check_report(ok)
+    assert alg.weight(ok) == PairedWeight(3.0, (3.0, 0.0))
 
 
 def test_bad_meta_is_rejected_by_the_round_not_fatal(monkeypatch):

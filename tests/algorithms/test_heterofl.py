@@ -126,5 +126,7 @@ def test_ratio_assignment_and_validation():
         HeteroFLParams(ratios=[0.0])
     with pytest.raises(ValidationError):
         HeteroFLParams(ratios=[1.0, 0.5], proportions=[1.0])
+    from fedloom.core import ClientReport
+
     with pytest.raises(ValueError, match="width_ratio"):
-        alg.client_weight({"num_samples": 3, "width_ratio": 1.5})
+        alg.check_report(ClientReport(0, {}, 3, 0.0, {"width_ratio": 1.5}))

@@ -18,7 +18,7 @@ def _cfg(alg: dict, rounds: int = 8, n: int = 4, **extra):
 def test_postlocal_round_schedule():
     sim = Simulation(_cfg({"name": "postlocal", "local_steps": 4, "post_local_from": 8, "lr_milestones": [8],
                            "lr_decay": 0.5}))
-    scheds = [sim.algorithm.round_schedule(sim.schedule, r) for r in range(1, 12)]
+    scheds = [sim.round_schedule(r) for r in range(1, 12)]
     assert [s.local_steps for s in scheds] == [1] * 8 + [4] * 3
     assert [s.lr for s in scheds] == [0.1] * 8 + [0.05] * 3
 
@@ -37,7 +37,7 @@ def test_hierarchical_keeps_group_models_between_global_syncs():
     h2.round(1)
     g = h2.state.algo_state["groups"]
     assert max(float((g[0][k] - g[1][k]).abs().max()) for k in g[0]) > 1e-4
-    sent = h2.algorithm.client_broadcast(h2.state, 3)
+    sent = h2.algorithm.personal(h2.state, 3)
     assert all(torch.equal(sent[k], g[1][k]) for k in g[1])
     for k in g[0]:  # the evaluated model is the groups' mean
         torch.testing.assert_close(h2.state.params[k], (g[0][k] + g[1][k]) / 2)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fedloom.algorithms.matching import (hidden_units, match_to, matched_average, permute_units, weighted_mean)
+from fedloom.algorithms.matching import hidden_units, match_to, matched_average, permute_units, weighted_mean
 from fedloom.config import validate_config
 from fedloom.data.datasets import load_dataset
 from fedloom.models import build_model

@@ -162,7 +162,7 @@ def test_registry_lists_every_codec():
 
 EXAMPLES = {
     "hadamard": {}, "subsample": {"fraction": 0.3}, "quantize": {"bits": 3},
-    "lowrank": {"fraction": 0.5}, "mask": {"fraction": 0.5},
+    "lowrank": {"fraction": 0.5}, "mask": {"fraction": 0.5}, "topk": {"fraction": 0.3},
 }
 
 
@@ -174,7 +174,8 @@ def test_codec_contract(name):
     shapes = uc.chain.training_shapes(uc.specs, uc.plan)
     upd = {n: torch.randn(s) for n, s in shapes.items()}
     msg = uc.encode(upd, {"client": 2}, rnd=3, client=2)
-    assert msg == uc.encode(upd, {"client": 2}, rnd=3, client=2)  # deterministic given (seed, round, client)
+    uc.states.clear()  # from the same (fresh) client state: a stateful codec's memory changes the next message
+    assert msg == uc.encode(upd, {"client": 2}, rnd=3, client=2)  # deterministic given (seed, round, client, state)
     hlen, nbytes = _entries(msg)
     for n, (shape, dt) in uc.wire_layout.items():  # the planned layout is what travels
         assert nbytes[n] == math.prod(shape) * torch.empty((), dtype=dt).element_size()

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from fedloom.codecs import LayerSpec, UpdateCodec, build_codec
+from fedloom.codecs import LayerSpec, build_codec
 from fedloom.config import validate_config
 from fedloom.simulation import Simulation
-from tests.conftest import small_config
+from tests.conftest import small_config, tap
 
 
 def test_conv_kernel_is_an_in_kh_kw_by_out_matrix():
@@ -69,17 +69,18 @@ def test_codec_runs_match_across_engines(case):
 
 def test_structured_client_trains_only_its_subspace():
     sim = _sim("vectorized", [{"name": "mask", "fraction": 0.2, "layers": ["1.weight"]}])
-    from fedloom.engine import CohortTask
+    from fedloom.core import RoundInfo
+    from fedloom.engine import CohortJob
 
-    st = sim.state
-    task = CohortTask(sim.model, st.params, sim.buffers, [0, 1], sim.data, sim.schedule, sim.algorithm, 0, 1,
-                      sim.device, reparam=sim.codecs.reparam(1))
+    st, codec = sim.state, sim.built.codec
+    task = CohortJob(sim.model, st.params, sim.buffers, [0, 1], sim.data, sim.round_schedule(1), sim.algorithm, 0, 1,
+                     sim.device, reparam=codec.reparam(1))
     outs = sim.engine.run(task)
-    m = sim.codecs.plan.layers["1.weight"][1][0].m
+    m = codec.plan.layers["1.weight"][1][0].m
     assert outs[0].update["1.weight"].shape == (m,)  # only the masked coordinates were trained
     assert outs[0].update["1.bias"].shape == st.params["1.bias"].shape
-    sim.current_round = 1
-    full, _ = sim.decode_update(0, sim.encode_update(0, outs[0]))
+    msg = sim.built.clients.pipeline.run(outs[0], {}, RoundInfo(1, 0))  # client pipeline -> bytes
+    full = sim.server.pipeline.receive(0, msg).update  # server: decode, undo the codec chain, validate
     assert int((full["1.weight"] != 0).sum()) <= m
     assert full["1.weight"].shape == st.params["1.weight"].shape
 
@@ -90,11 +91,9 @@ def test_end_to_end_digits_bytes_and_learning():
               {"name": "quantize", "bits": 2, "layers": "inner"}]
     ov = {"model": dict(name="mlp", hidden=[64, 64]), "rounds": 8, "client.epochs": 2}
     sim = _sim("vectorized", codecs, **ov)
-    sent = []
-    orig = sim.encode_update
-    sim.encode_update = lambda k, o: sent.append(orig(k, o)) or sent[-1]
+    t = tap(sim)
     recs = sim.run()
-    assert sum(r["bytes_up"] for r in recs) == sum(len(m) for m in sent)
+    assert sum(r["bytes_up"] for r in recs) == sum(len(m) for _, m in t.sent)
     assert recs[-1]["test_accuracy"] > 0.6
     raw = _sim("vectorized", [], **ov).run()
     assert recs[0]["bytes_up"] < raw[0]["bytes_up"]
@@ -116,19 +115,19 @@ def test_nan_update_is_rejected_after_decoding(caplog):
 
 
 def test_structured_codec_needs_local_sgd_algorithm():
-    class Custom:
-        train_client = staticmethod(lambda task, k: None)
-        vectorizable = False
+    from fedloom.config import ConfigError
 
-    sim = _sim("sequential", [])
-    sim.cfg = validate_config(small_config(codecs=[{"name": "lowrank", "fraction": 0.5}]))
-    sim.algorithm = Custom()
-    with pytest.raises(ValueError, match="structured codecs"):
-        sim._build_codecs()
+    rl = {"data.dataset": "cartpole", "data.partition": "iid", "model": "actor_critic", "algorithm": "fedppo"}
+    with pytest.raises(ConfigError, match="codecs / algorithm.name: structured codecs .* runs its own client code"):
+        validate_config(small_config(codecs=[{"name": "lowrank", "fraction": 0.5}], **rl))
+    hier = {"algorithm": {"name": "hierarchical", "group_size": 2, "local_steps": 2}}
+    with pytest.raises(ConfigError, match="structured codecs .* trains per-client models"):
+        validate_config(small_config(codecs=[{"name": "mask", "fraction": 0.5}], **hier))
+    validate_config(small_config(codecs=[{"name": "quantize", "bits": 4}], **rl))  # a sketch is fine
 
 
 def test_default_path_has_no_codec_meta():
     sim = _sim("vectorized", [])
-    assert sim.codecs is None
+    assert sim.built.codec is None
     rec = sim.round(1)
     assert rec["bytes_up"] > 0

@@ -69,9 +69,9 @@ def test_overrides_index_lists():
 
 
 def test_secure_aggregation_conflicts_rejected():
-    with pytest.raises(ConfigError, match="secure_aggregation: cannot be combined with codecs"):
+    with pytest.raises(ConfigError, match="secure_aggregation / codecs: encryption replaces the codec chain"):
         validate_config({"secure_aggregation": {"key_bits": 1024}, "codecs": [{"name": "quantize", "bits": 2}]})
-    with pytest.raises(ConfigError, match="secure_aggregation: only the weighted mean"):
+    with pytest.raises(ConfigError, match="secure_aggregation / aggregator: only the weighted mean"):
         validate_config({"secure_aggregation": {"key_bits": 1024}, "aggregator": "median"})
 
 

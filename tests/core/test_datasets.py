@@ -1,12 +1,11 @@
 import gzip
-import os
 import struct
 
 import numpy as np
 import pytest
 import torch
 
-from fedloom.data.datasets import (FASHION_DIR, DataUnavailable, find_mnist_pickle, load_dataset, read_idx)
+from fedloom.data.datasets import FASHION_DIR, DataUnavailable, find_mnist_pickle, load_dataset, read_idx
 
 
 def test_digits_embedded():

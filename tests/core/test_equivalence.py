@@ -1,7 +1,6 @@
 """The vectorized engine must give the same model as the sequential reference (relative error <= 1e-5)."""
 
 import pytest
-import torch
 
 from fedloom.config import validate_config
 from fedloom.simulation import Simulation
@@ -58,13 +57,13 @@ def test_unequal_sizes_are_really_unequal():
 def test_batchnorm_model_falls_back_with_reason(caplog, monkeypatch):
     from torch import nn
 
-    from fedloom.registry import MODELS
+    from fedloom.registry import MODELS, Entry, NoParams
 
-    sim = Simulation(validate_config(small_config()))
-    bn = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10))
-    monkeypatch.setattr(sim, "model", bn)
+    def bn(input_shape, num_classes, p):
+        return nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, num_classes))
+
+    monkeypatch.setitem(MODELS._entries, "bn_test", Entry("bn_test", bn, NoParams, "test-only BatchNorm model"))
     with caplog.at_level("WARNING"):
-        eng = sim._pick_engine()
-    assert eng.name == "sequential"
+        sim = Simulation(validate_config(small_config(model="bn_test", rounds=1)))
+    assert sim.engine.name == "sequential"
     assert "BatchNorm" in sim.engine_note and "fall" in caplog.text
-    assert "mlp" in MODELS

@@ -1,15 +1,15 @@
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from fedloom import wire
-from fedloom.algorithms.base import ClientOutput
 from fedloom.config import validate_config
 from fedloom.engine import VectorizedEngine
 from fedloom.simulation import Simulation
-from tests.conftest import small_config
+from tests.conftest import small_config, tap
 
 
 class CorruptingEngine(VectorizedEngine):
@@ -27,12 +27,12 @@ class CorruptingEngine(VectorizedEngine):
                 first = next(iter(u))
                 u[first] = u[first].clone()
                 u[first].view(-1)[0] = float("nan")
-                outs[i] = ClientOutput(u, outs[i].num_samples, outs[i].train_loss)
+                outs[i] = replace(outs[i], update=u)
             if k == self.bad_shape:
                 u = dict(outs[i].update)
                 first = next(iter(u))
                 u[first] = torch.zeros(3, 3)
-                outs[i] = ClientOutput(u, outs[i].num_samples, outs[i].train_loss)
+                outs[i] = replace(outs[i], update=u)
         return outs
 
 
@@ -67,17 +67,9 @@ def test_all_clients_rejected_keeps_model():
 def test_bytes_are_real_message_lengths():
     cfg = validate_config(small_config(rounds=2))
     sim = Simulation(cfg)
-    sent = []
-    orig = sim.encode_update
-
-    def spy(k, out):
-        m = orig(k, out)
-        sent.append(len(m))
-        return m
-
-    sim.encode_update = spy
+    t = tap(sim)
     recs = sim.run()
-    assert sum(r["bytes_up"] for r in recs) == sum(sent)
+    assert sum(r["bytes_up"] for r in recs) == sum(len(m) for _, m in t.sent)
     nparams = sum(p.numel() for p in sim.state.params.values())
     down = len(wire.encode(sim.state.params, {"round": 1}))
     assert recs[0]["bytes_down"] == down * cfg.cohort_size
@@ -140,13 +132,14 @@ def test_server_optimizers_math():
 
 
 def test_weighted_mean_aggregation():
-    from fedloom.algorithms import build_algorithm
+    from fedloom.core import ClientReport, ServerState, WeightedMean, weighted_mean
 
-    alg = build_algorithm("fedavg", {})
     ups = [{"w": torch.tensor([1.0])}, {"w": torch.tensor([4.0])}]
-    assert float(alg.aggregate(ups, [1.0, 3.0])["w"]) == pytest.approx(3.25)
-    uni = build_algorithm("fedavg", {"weighting": "uniform"})
-    assert uni.client_weight({"num_samples": 100}) == 1.0
+    assert float(weighted_mean(ups, [1.0, 3.0])["w"]) == pytest.approx(3.25)
+    reports = [ClientReport(0, ups[0], 1, 0.0), ClientReport(1, ups[1], 3, 0.0)]
+    st = ServerState({}, {})
+    assert float(WeightedMean("samples").aggregate(1, reports, st).update["w"]) == pytest.approx(3.25)
+    assert float(WeightedMean("uniform").aggregate(1, reports, st).update["w"]) == pytest.approx(2.5)
 
 
 def test_synthetic_natural_partition_runs():

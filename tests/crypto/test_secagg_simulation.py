@@ -2,16 +2,15 @@
 (digits, tiny scale, 1024-bit key so it is fast); bytes_up counts the ciphertexts; bad messages are rejected
 by client while the round goes on."""
 
-import types
-
 import pytest
+import torch
 from pydantic import ValidationError
 
-from fedloom.algorithms.base import Algorithm, AlgorithmParams
 from fedloom.config import validate_config
 from fedloom.crypto.protocol import KeyAuthority
 from fedloom.crypto.secagg import SecureAggregationConfig, build_secure_aggregation
 from fedloom.simulation import Simulation
+from tests.conftest import small_config, tap
 
 ROUNDS = 8
 
@@ -48,7 +47,7 @@ def test_secure_fedavg_matches_plaintext(runs):
 
 def test_bytes_up_counts_ciphertexts(runs):
     _plain, secure, sim = runs
-    per_client = sim.secagg.spec.num_plaintexts(sim.secagg.length) * sim.secagg.public_key.ciphertext_bytes
+    per_client = sim.built.secagg.spec.num_plaintexts(sim.built.secagg.length) * sim.built.secagg.public_key.ciphertext_bytes
     for s in secure:
         assert 5 * per_client < s["bytes_up"] < 5 * (per_client + 1024)  # ciphertexts + a small JSON header
         assert s["secagg_bytes_to_authority"] > per_client
@@ -56,18 +55,16 @@ def test_bytes_up_counts_ciphertexts(runs):
 
 def test_bad_message_rejected_round_continues():
     sim = Simulation(_cfg(rounds=1), secure_aggregation=SEC)
-    enc = sim.secagg.encode
     seen: list[int] = []
     other = KeyAuthority(1024).public_key
 
-    def tampered(rnd, client, out):
+    def tampered(rnd, client, msg):
         seen.append(client)
-        msg = enc(rnd, client, out)
         if len(seen) == 3:  # the third client's message under another key's fingerprint
-            return msg.replace(sim.secagg.public_key.fingerprint.encode(), other.fingerprint.encode())
+            return msg.replace(sim.built.secagg.public_key.fingerprint.encode(), other.fingerprint.encode())
         return msg
 
-    sim.secagg.encode = tampered
+    tap(sim, tampered)
     rec = sim.round(1)
     assert rec["reported"] == 4
     assert len(seen) == 5 and [r["client"] for r in rec["rejected"]] == [seen[2]]
@@ -76,13 +73,14 @@ def test_bad_message_rejected_round_continues():
 
 
 def test_only_weighted_mean_algorithms():
-    class Median(Algorithm):
-        def aggregate(self, updates, weights):
-            return updates[0]
+    from fedloom.config import ConfigError
 
-    fake = types.SimpleNamespace(algorithm=Median(AlgorithmParams()), cfg=_cfg())
-    with pytest.raises(ValueError, match="overrides aggregate"):
-        build_secure_aggregation(fake, SecureAggregationConfig(key_bits=512))
-    assert build_secure_aggregation(fake, {"enabled": False}) is None
+    for alg in ("fed2", "matched_avg", "heterofl", "fednova", "fd"):
+        with pytest.raises(ConfigError, match=f"secure_aggregation / algorithm.name: algorithm '{alg}' aggregates its own"):
+            validate_config(small_config(algorithm=alg, secure_aggregation={"key_bits": 1024}))
+    with pytest.raises(ConfigError, match="secure_aggregation / algorithm.name"):  # also for runs built from Python
+        Simulation(validate_config(small_config(algorithm="fednova")), secure_aggregation={"key_bits": 1024})
+    sizes = torch.tensor([3, 9, 5])
+    assert build_secure_aggregation({"enabled": False}, {}, sizes, 2, "samples", 0) is None
     with pytest.raises(ValidationError):
         SecureAggregationConfig(randomness="nope")

@@ -8,11 +8,7 @@ import pytest
 import torch
 
 from fedloom import wire
-from fedloom.data.datasets import DataSource
-from fedloom.data.federated import FederatedData
-from fedloom.data.partition import partition
-from fedloom.distill.cgan import CGANParams, build_generator, num_parameters, train_cgan
-from fedloom.distill.faug import (
+from fedloom.algorithms.faug import (
     FAugParams,
     SeedUpload,
     fill_counts,
@@ -23,6 +19,10 @@ from fedloom.distill.faug import (
     select_seeds,
     to_uint8,
 )
+from fedloom.data.datasets import DataSource
+from fedloom.data.federated import FederatedData
+from fedloom.data.partition import partition
+from fedloom.gan.cgan import CGANParams, build_generator, num_parameters, train_cgan
 from fedloom.rng import torch_generator
 
 torch.set_num_threads(1)

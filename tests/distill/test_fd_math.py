@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from fedloom import wire
-from fedloom.distill.fd import (
+from fedloom.algorithms.fd import (
     LogitAccumulator,
     ModelSpec,
     fd_bits_per_message,

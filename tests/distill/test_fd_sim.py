@@ -9,12 +9,14 @@ import pytest
 import torch
 
 from fedloom import wire
-from fedloom.algorithms.base import Algorithm, AlgorithmParams
+from fedloom.algorithms.fd import LOGITS, TEACHER, teachers
+from fedloom.algorithms.fedavg import FedAvg
 from fedloom.config import ConfigError, validate_config
-from fedloom.distill.fd import LOGITS, TEACHER, teachers
-from fedloom.engine.base import CohortTask
+from fedloom.core.algorithm import AlgorithmParams
+from fedloom.engine.base import CohortJob
 from fedloom.engine.sequential import local_sgd
 from fedloom.simulation import Simulation
+from tests.conftest import tap
 
 torch.set_num_threads(1)
 M, L = 3, 10
@@ -35,16 +37,14 @@ def _cfg(rounds=2, gamma=1.0, models=None, **extra):
 
 def _record_uploads(sim: Simulation) -> list[list[bytes]]:
     sent: list[list[bytes]] = []
-    orig = sim.encode_update
 
-    def spy(client, out):
-        msg = orig(client, out)
-        if not sent or sent[-1] is None or len(sent[-1]) == M:
+    def spy(rnd, client, msg):
+        if len(sent) < rnd:
             sent.append([])
         sent[-1].append(msg)
         return msg
 
-    sim.encode_update = spy
+    tap(sim, spy)
     return sent
 
 
@@ -99,8 +99,8 @@ def test_teacher_is_others_uploads_over_M_minus_1():
 
 def _plain_ce_run(sim: Simulation, k: int, start: dict, rnd: int) -> dict:
     """Device k's round ``rnd`` as fedloom's ordinary local SGD on cross-entropy, from ``start``."""
-    task = CohortTask(sim.algorithm.template(k), start, {}, [k], sim.data, sim.round_schedule(rnd),
-                      Algorithm(AlgorithmParams()), sim.cfg.seed, rnd, sim.device)
+    task = CohortJob(sim.algorithm.template(k), start, {}, [k], sim.data, sim.round_schedule(rnd),
+                      FedAvg(AlgorithmParams()), sim.cfg.seed, rnd, sim.device)
     out = local_sgd(task, k)
     return {n: start[n] + out.update[n] for n in start}
 
@@ -108,7 +108,7 @@ def _plain_ce_run(sim: Simulation, k: int, start: dict, rnd: int) -> dict:
 @pytest.mark.parametrize("gamma", [0.0, 1.0])
 def test_gamma_zero_equals_plain_cross_entropy_training(gamma):
     sim = Simulation(_cfg(rounds=2, gamma=gamma))
-    init = {k: sim.algorithm.init_state(k)["params"] for k in range(M)}
+    init = {k: sim.algorithm.device_init(k)["params"] for k in range(M)}
     sim.round(1)  # gamma is 0 in the first global iteration whatever the config says
     after1 = {k: {n: t.clone() for n, t in sim.client_states[k]["params"].items()} for k in range(M)}
     for k in range(M):
@@ -170,7 +170,7 @@ def test_fd_with_faug_from_config():
         assert int(counts.min()) > 3  # the target labels (3 samples each) were filled by the generator
     # FAug ran in prepare_data, before anything was sized from the data: the planner sees the augmented sizes
     assert sim.data.source.name == "digits+faug"
-    assert sim.planner.sizes.tolist() == [float(len(i)) for i in sim.data.client_indices]
+    assert sim.built.planner.sizes.tolist() == [float(len(i)) for i in sim.data.client_indices]
     rec = sim.round(1)
     assert rec["faug_device_server_pl"] == pytest.approx(2 / 3)  # 2 targets, 1 redundant label
     assert rec["faug_generator_bytes"] > 4 * rec["faug_generator_params"]
@@ -184,8 +184,12 @@ def test_bad_fd_params_are_clear_errors():
         _cfg(gamma=-1.0)
     with pytest.raises(ConfigError, match="oversample"):
         validate_config({"algorithm": {"name": "fd", "faug": {"oversample": -1}}})
-    with pytest.raises(ValueError, match="cannot be combined with: codecs"):
-        Simulation(_cfg(codecs=[{"name": "quantize", "bits": 8}]))
+    with pytest.raises(ConfigError, match="codecs / algorithm.name: algorithm 'fd' does not upload a model update"):
+        _cfg(codecs=[{"name": "quantize", "bits": 8}])
+    for section, value in (("privacy", {"clip": 1.0}), ("aggregator", "median"),
+                           ("secure_aggregation", {"key_bits": 1024})):
+        with pytest.raises(ConfigError, match=f"{section} / algorithm.name: algorithm 'fd' aggregates its own way"):
+            _cfg(**{section: value})
     with pytest.raises(ValueError, match="models\\[0\\] \\(cnn\\) does not fit"):
         Simulation(_cfg(models=[{"name": "cnn", "channels": [4, 4, 4, 4]}]))
 
@@ -195,11 +199,11 @@ def test_invalid_uploads_left_out_and_partial_participation():
     (and says so) instead of failing the round. With a cohort of 2 of 3, a device that did not upload in the
     last round gets the mean of all uploads."""
     sim = Simulation(_cfg(rounds=3, attack={"name": "sign_flip", "fraction": 0.34, "factor": 1.0}))
-    (bad,) = sim.attack.attackers
+    (bad,) = sim.built.attack.attackers
     recs = sim.run()
     assert all(r["fd_invalid"] == [bad] for r in recs)
     assert bad not in sim.state.algo_state["fd"]["clients"].tolist()
-    T = sim.algorithm.client_broadcast(sim.state, bad)[TEACHER]  # bad's upload did not count: the others' mean
+    T = sim.algorithm.personal(sim.state, bad)[TEACHER]  # bad's upload did not count: the others' mean
     ups = sim.state.algo_state["fd"]["logits"]
     assert ups.shape[0] == M - 1
     held = (ups.sum(-1) > 0.5).all(0)

@@ -14,7 +14,7 @@ import pytest
 
 from fedloom.config import validate_config
 from fedloom.distributed.launch import run_jobs, spawn
-from fedloom.distributed.local_sgd import DPConfig, sync_kind
+from fedloom.distributed.local_sgd import LocalSGDConfig, sync_kind
 from fedloom.distributed.reference import simulate
 from fedloom.simulation import Simulation
 
@@ -110,7 +110,7 @@ def test_postlocal_equals_simulator_postlocal(two_ranks):
 
 def test_minibatch_two_ranks_equal_one_rank_with_double_batch(two_ranks):
     c = JOBS2["minibatch"]
-    one = simulate(DPConfig(**dict(c, batch_size=2 * c["batch_size"])), 1)
+    one = simulate(LocalSGDConfig(**dict(c, batch_size=2 * c["batch_size"])), 1)
     close(two_ranks["minibatch"][0]["params"], one["params"])
     comm = two_ranks["minibatch"][0]["comm"]
     nbytes = sum(v.numel() * 4 for v in one["params"].values())
@@ -121,7 +121,7 @@ def test_minibatch_two_ranks_equal_one_rank_with_double_batch(two_ranks):
 
 @pytest.mark.parametrize("name", ["local_momentum", "postlocal"])
 def test_matches_single_process_reference(two_ranks, name):
-    c = DPConfig(**JOBS2[name])
+    c = LocalSGDConfig(**JOBS2[name])
     ref = simulate(c, 2)
     got = two_ranks[name][0]
     close(got["params"], ref["params"])
@@ -169,7 +169,7 @@ def test_hierarchical_four_ranks():
     shard = dict(c, momentum=0.0, sampling="shard")
     res = spawn(run_jobs, 4, [("train", c), ("train", dict(c, averager="torch")), ("train", shard)],
                 start_method="fork")
-    ref = simulate(DPConfig(**c), 4)
+    ref = simulate(LocalSGDConfig(**c), 4)
     # the simulator's hierarchical algorithm (4 clients, groups of 2, per-group models) == 4 gloo ranks
     sim = simulator_twin(shard, 4, {"name": "hierarchical", "group_size": 2, "global_every": 2})
     close(res[0][2]["params"], sim.state.params)
@@ -187,11 +187,11 @@ def test_hierarchical_four_ranks():
 
 # -- schedule and bad launch configurations (no processes) ------------------------------------------------------
 def test_schedule_matches_papers():
-    loc = DPConfig(algorithm="local", local_steps=4)
+    loc = LocalSGDConfig(algorithm="local", local_steps=4)
     assert [t for t in range(1, 13) if sync_kind(loc, t)] == [4, 8, 12]  # I_T = {H, 2H, ...}
-    post = DPConfig(algorithm="postlocal", local_steps=4, post_local_from=8)
+    post = LocalSGDConfig(algorithm="postlocal", local_steps=4, post_local_from=8)
     assert [sync_kind(post, t) for t in range(1, 13)] == ["grad"] * 8 + [None, None, None, "global"]
-    hier = DPConfig(algorithm="hierarchical", local_steps=2, global_every=3, group_size=2)
+    hier = LocalSGDConfig(algorithm="hierarchical", local_steps=2, global_every=3, group_size=2)
     assert [sync_kind(hier, t) for t in range(1, 7)] == [None, "group", None, "group", None, "global"]
 
 
@@ -204,11 +204,11 @@ def test_schedule_matches_papers():
 ])
 def test_bad_config_clear_error(kw, field):
     with pytest.raises(ValueError, match=field):
-        DPConfig(**kw)
+        LocalSGDConfig(**kw)
 
 
 def test_world_not_divisible_into_groups():
-    cfg = DPConfig(algorithm="hierarchical", group_size=2, local_steps=2)
+    cfg = LocalSGDConfig(algorithm="hierarchical", group_size=2, local_steps=2)
     with pytest.raises(ValueError, match="world size 3 is not divisible into groups of 2"):
         cfg.check_world(3)
     with pytest.raises(ValueError, match="world size 3"):
@@ -216,7 +216,7 @@ def test_world_not_divisible_into_groups():
 
 
 def test_cli_bad_launch_exits_2():
-    p = subprocess.run([sys.executable, "-m", "fedloom.cli", "train-dp", "local_steps=0"], check=False,
+    p = subprocess.run([sys.executable, "-m", "fedloom.cli", "train-local-sgd", "local_steps=0"], check=False,
                        capture_output=True,
                        text=True, timeout=60)
     assert p.returncode == 2 and "local_steps" in p.stderr, p.stderr

@@ -10,6 +10,7 @@ import torch
 from fedloom.config import ConfigError, validate_config
 from fedloom.rl.envs import PHYSICS, get_dynamics
 from fedloom.simulation import Simulation
+from tests.conftest import through_the_wire
 
 
 def rl_config(**over):
@@ -74,15 +75,16 @@ def test_rounds_record_returns_policy_kl_and_timestep_weights(algorithm, tmp_pat
 
 def test_client_weight_is_its_timesteps():
     sim = Simulation(validate_config(rl_config(**{"algorithm.local_iterations": 2})))
-    from fedloom.engine.base import CohortTask
+    from fedloom.core import sample_weight
+    from fedloom.engine.base import CohortJob
 
-    task = CohortTask(sim.model, sim.state.params, sim.buffers, [1], sim.data, sim.schedule, sim.algorithm,
-                      sim.cfg.seed, 1, sim.device, client_states=sim.client_states)
+    task = CohortJob(sim.model, sim.state.params, sim.buffers, [1], sim.data, sim.round_schedule(1), sim.algorithm,
+                     sim.cfg.seed, 1, sim.device, client_states=sim.client_states)
     out = sim.algorithm.train_client(task, 1)
     assert out.num_samples == 2 * 2 * 32  # n_envs * n_steps * local_iterations
-    assert sim.algorithm.client_weight({"num_samples": out.num_samples, **out.meta}) == 128.0
-    uni = Simulation(validate_config(rl_config(**{"algorithm.weighting": "uniform"})))
-    assert uni.algorithm.client_weight({"num_samples": 128, **out.meta}) == 1.0
+    got = through_the_wire(sim, out)  # the server's view: the weight is the reported step count
+    assert got.num_samples == 128 and sample_weight(got, sim.algorithm.p.weighting) == 128.0
+    assert sample_weight(got, "uniform") == 1.0
 
 
 def test_kl_penalty_coefficient_is_per_client_state():
@@ -154,7 +156,7 @@ def test_environment_and_algorithm_kinds_are_checked_at_validation():
     from fedloom.config import ConfigError, validate_config
 
     base = {"rounds": 1, "model": {"name": "actor_critic"}}
-    with pytest.raises(ConfigError, match="data.dataset: algorithm 'fedavg' needs a labelled dataset"):
+    with pytest.raises(ConfigError, match="data.dataset / algorithm.name: algorithm 'fedavg' needs a labelled dataset"):
         validate_config({**base, "data": {"dataset": "cartpole", "num_clients": 2}, "algorithm": "fedavg"})
-    with pytest.raises(ConfigError, match="data.dataset: algorithm 'fedppo' needs an RL environment"):
+    with pytest.raises(ConfigError, match="data.dataset / algorithm.name: algorithm 'fedppo' needs an RL environment"):
         validate_config({**base, "data": {"dataset": "digits", "num_clients": 2}, "algorithm": "fedppo"})

@@ -29,7 +29,6 @@ def test_dropouts_recorded_and_round_completes():
         assert r["reported"] == len(r["reported_ids"]) <= 4
     assert any(r["dropped"] for r in recs)
     # every sampled client received the model
-    sim = Simulation(cfg)
     down = recs[0]["bytes_down"] / len(recs[0]["sampled_ids"])
     assert down == int(down)
 

@@ -60,10 +60,11 @@ def test_per_position_accuracy_counts_every_target():
 
 def test_tiny_federated_run_improves_next_char_accuracy():
     sim = Simulation(_cfg(rounds=12, cohort_size=6, client={"lr": 0.5, "batch_size": 8, "epochs": 2}))
-    from fedloom.simulation import evaluate
+    from fedloom.metrics.evaluation import evaluate_model
 
     src = sim.data.source
-    _, acc0 = evaluate(sim.model, sim.state.params, sim.buffers, src.test_x, src.test_y, 4096, sim.device)
+    acc0 = evaluate_model(sim.ctx.task, sim.model, sim.state.params, sim.buffers, src.test_x, src.test_y, 4096,
+                          sim.device)["test_accuracy"]
     unigram = float(torch.bincount(src.test_y.flatten()).max()) / src.test_y.numel()  # always guess ' '
     recs = sim.run()
     assert recs[-1]["test_accuracy"] > acc0 + 0.08

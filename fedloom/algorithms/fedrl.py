@@ -19,7 +19,7 @@ environment (``return_clients``, mean ``return_mean``) and on held-out dynamics 
 
 Environments are registered in :data:`fedloom.registry.ENVIRONMENTS` (``cartpole``, ``acrobot``, ``pendulum``,
 ``mountain_car``, ``mountain_car_continuous``); a run names one as ``data.dataset`` with the per-client physics
-distribution ``dynamics: {attribute: [low, high]}`` (uniform; defaults in :data:`fedloom.rl.envs.DEFAULT_DYNAMICS`).
+distribution ``dynamics: {attribute: [low, high]}`` (uniform; defaults in :data:`fedloom.rl.envs.DEFAULT_DYNAMICS`; :mod:`fedloom.rl.environments`).
 
 Every random draw is derived from (seed, round, client): the client's environment reset, its action sampling
 (in a forked torch RNG) and its minibatch order, so a run is reproducible and resumes bit-identically. A client
@@ -30,139 +30,25 @@ Adam state; the KL-penalty coefficient beta of PPO's adaptive variant is per-cli
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field
 from torch.distributions import kl_divergence
 
-from fedloom.algorithms.base import Algorithm, AlgorithmParams, ClientOutput
+from fedloom.core.algorithm import AlgorithmParams, CustomClientAlgorithm, Traits
+from fedloom.core.types import ClientReport
 from fedloom.registry import ALGORITHMS, ENVIRONMENTS
-from fedloom.rl.envs import (
-    DEFAULT_DYNAMICS,
-    PHYSICS,
-    make_mixed_vector_env,
-    make_vector_env,
-    sample_dynamics,
-    space_info,
-)
+from fedloom.rl.environments import ClientEnvironments
+from fedloom.rl.envs import make_mixed_vector_env
 from fedloom.rl.policies import ActorCritic
 from fedloom.rl.ppo import PPOConfig, adapt_beta, ppo_update
 from fedloom.rl.rollout import Rollout, RolloutCollector, evaluate_policy
 from fedloom.rl.trpo import TRPOConfig, trpo_update
 from fedloom.rng import derive_seed, torch_generator
-
-
-# -- the environment "data" ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class EnvSource:
-    """What the simulation reads off ``data.source`` to build the model: observation shape and number of actions
-    (categorical) or action dimension (gaussian)."""
-
-    env_id: str
-    input_shape: tuple[int, ...]
-    num_classes: int
-    distribution: str
-
-
-@dataclass
-class ClientEnvironments:
-    """A federated RL population: client k runs ``env_id`` with physics ``dynamics[k]``; ``heldout`` are physics
-    no client trains on (generalization to unseen dynamics is the point of federating)."""
-
-    env_id: str
-    dynamics: list[dict[str, float]]
-    heldout: list[dict[str, float]]
-    source: EnvSource = field(init=False)
-    _envs: dict[tuple[int, int], Any] = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        obs_dim, kind, n = space_info(self.env_id)
-        self.source = EnvSource(self.env_id, (obs_dim,), n, kind)
-
-    @property
-    def num_clients(self) -> int:
-        return len(self.dynamics)
-
-    @property
-    def client_sizes(self) -> torch.Tensor:
-        """One environment per client: equal sizes (uniform sampling under ``system.sampling: weighted``)."""
-        return torch.ones(self.num_clients, dtype=torch.int64)
-
-    @property
-    def client_indices(self):
-        raise ValueError(f"data.dataset: {self.env_id} is an RL environment, not labelled data; use algorithm "
-                         "fedppo or fedtrpo")
-
-    def vector_env(self, k: int, num_envs: int):
-        """Client k's ``num_envs`` environments (built once, reset by their user)."""
-        key = (k, num_envs)
-        if key not in self._envs:
-            self._envs[key] = make_vector_env(self.env_id, num_envs, self.dynamics[k])
-        return self._envs[key]
-
-
-class EnvironmentParams(BaseModel):
-    """Per-client physics of a classic-control environment family."""
-
-    model_config = ConfigDict(extra="forbid")
-    env_id: ClassVar[str]
-    version: str | None = Field(None, description="gymnasium id override, e.g. CartPole-v0")
-    dynamics: dict[str, tuple[float, float]] | None = Field(
-        None, description="client physics: attribute -> [low, high], drawn uniformly per client (null: defaults)")
-    heldout_clients: int = Field(4, ge=0, description="held-out physics draws that no client trains on")
-    heldout_dynamics: dict[str, tuple[float, float]] | None = Field(
-        None, description="distribution of the held-out physics (null: the clients' distribution)")
-
-    @field_validator("version")
-    @classmethod
-    def _known(cls, v: str | None) -> str | None:
-        family = [e for e in PHYSICS if e.split("-")[0] == cls.env_id.split("-")[0]]
-        if v is not None and v not in family:
-            raise ValueError(f"{v!r} is not a version of {cls.env_id}; allowed: {', '.join(family)}")
-        return v
-
-    @field_validator("dynamics", "heldout_dynamics")
-    @classmethod
-    def _ranges(cls, ranges: dict[str, tuple[float, float]] | None, info: ValidationInfo):
-        env_id = info.data.get("version") or cls.env_id
-        bad = [n for n in ranges or {} if n not in PHYSICS[env_id]]
-        if bad:
-            raise ValueError(f"unknown physical attribute(s) {', '.join(map(repr, bad))} of {env_id}; "
-                             f"allowed: {', '.join(PHYSICS[env_id])}")
-        for n, (lo, hi) in (ranges or {}).items():
-            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-                raise ValueError(f"{n}: need a finite range low <= high, got [{lo}, {hi}]")
-        return ranges
-
-
-def build_environments(env_id: str, p: EnvironmentParams, num_clients: int, seed: int) -> ClientEnvironments:
-    """Draw every client's physics and the held-out physics from their distributions (seeded)."""
-    ranges = p.dynamics if p.dynamics is not None else DEFAULT_DYNAMICS[env_id]
-    held_ranges = p.heldout_dynamics if p.heldout_dynamics is not None else ranges
-    rng = np.random.default_rng(derive_seed(seed, "rl-dynamics"))
-    rng_h = np.random.default_rng(derive_seed(seed, "rl-heldout-dynamics"))
-    return ClientEnvironments(env_id, [sample_dynamics(ranges, rng) for _ in range(num_clients)],
-                              [sample_dynamics(held_ranges, rng_h) for _ in range(p.heldout_clients)])
-
-
-def _register(name: str, env_id: str) -> None:
-    params = type(f"{env_id.split('-')[0]}Params", (EnvironmentParams,), {"env_id": env_id, "__module__": __name__})
-
-    def factory(p: EnvironmentParams, num_clients: int, seed: int) -> ClientEnvironments:
-        return build_environments(p.version or env_id, p, num_clients, seed)
-
-    ENVIRONMENTS.register(name, params, f"gymnasium {env_id}, per-client physics ({', '.join(PHYSICS[env_id])})")(
-        factory)
-
-
-for _name, _env in [("cartpole", "CartPole-v1"), ("acrobot", "Acrobot-v1"), ("pendulum", "Pendulum-v1"),
-                    ("mountain_car", "MountainCar-v0"), ("mountain_car_continuous", "MountainCarContinuous-v0")]:
-    _register(_name, _env)
 
 
 # -- the algorithm --------------------------------------------------------------------------------------------------
@@ -182,30 +68,29 @@ class FedTRPOParams(_FedRLParams, TRPOConfig):
     """Federated TRPO: the TRPO hyperparameters of every client plus the federated settings."""
 
 
-class FederatedRL(Algorithm):
+class FederatedRL(CustomClientAlgorithm):
     """Shared machinery of :class:`FedPPO` and :class:`FedTRPO`; subclasses supply :meth:`local_update`."""
 
-    vectorizable = False  # client work is environment interaction, not local SGD on a loss
+    name = "fedrl"
     headline = "return_mean"
-    uses_environments = True  # config validation pairs it with an ENVIRONMENTS entry
+    traits = Traits(data="environment")  # config validation pairs it with an ENVIRONMENTS entry
 
     # -- setup ---------------------------------------------------------------------------------------------------
-    def bind(self, sim: Any) -> None:
-        data, model, name = sim.data, sim.model, sim.cfg.algorithm.name
+    def bind(self, ctx) -> None:
+        data, model, name = ctx.data, ctx.model, self.name
         if not isinstance(data, ClientEnvironments):
             raise ValueError(f"data.dataset: algorithm {name!r} needs an RL environment "
-                             f"({', '.join(ENVIRONMENTS.names())}), got {sim.cfg.data.dataset.name!r}")
+                             f"({', '.join(ENVIRONMENTS.names())})")
         if not isinstance(model, ActorCritic):
-            raise ValueError(f"model.name: algorithm {name!r} needs model 'actor_critic', got {sim.cfg.model.name!r}")
+            raise ValueError(f"model.name: algorithm {name!r} needs model 'actor_critic', got {ctx.model_name!r}")
         if model.kind != data.source.distribution:
             raise ValueError(f"model.distribution: {data.env_id} has "
                              f"{'discrete' if data.source.distribution == 'categorical' else 'continuous'} actions; "
                              f"set model.distribution={data.source.distribution}")
-        self.data, self.seed, self.rounds = data, sim.cfg.seed, sim.cfg.rounds
+        self.data, self.seed, self.rounds = data, ctx.seed, ctx.rounds
         self.net = copy.deepcopy(model).cpu()   # the working policy: loaded with the broadcast / global parameters
         self.prev = copy.deepcopy(model).cpu()  # pi_prev, for the server's policy_kl
         self._eval_envs: dict[str, Any] = {}
-        self._local_kls: list[tuple[int, float]] = []
 
     @staticmethod
     def load(net: ActorCritic, params: Mapping[str, torch.Tensor]) -> ActorCritic:
@@ -221,9 +106,9 @@ class FederatedRL(Algorithm):
         and epsilon over the run when ``anneal_lr`` / ``anneal_clip`` are set."""
         raise NotImplementedError
 
-    def train_client(self, task: Any, k: int) -> ClientOutput:
+    def train_client(self, job: Any, k: int) -> ClientReport:
         """Client k: from the broadcast (theta, phi), collect steps in its own environments and improve."""
-        p = self.p
+        p, task = self.p, job
         net = self.load(self.net, {n: v.cpu() for n, v in task.params.items()})
         venv = self.data.vector_env(k, p.n_envs)
         state = dict(task.client_states.get(k) or {})
@@ -244,13 +129,13 @@ class FederatedRL(Algorithm):
         eps = collector.episode_returns
         meta = {"round": task.round, "local_kl": float(np.mean(kls)), "episodes": len(eps),
                 "episode_return": float(np.mean(eps)) if eps else None}
-        return ClientOutput(update, collector.steps, float(stats["value_loss"]), meta)
+        return ClientReport(k, update, collector.steps, float(stats["value_loss"]), meta)
 
     # -- server side ---------------------------------------------------------------------------------------------
-    def client_weight(self, meta: Mapping[str, Any]) -> float:
-        if "local_kl" in meta:
-            self._local_kls.append((int(meta.get("round", -1)), float(meta["local_kl"])))
-        return super().client_weight(meta)
+    def check_report(self, report: ClientReport) -> None:
+        kl = report.meta.get("local_kl")
+        if isinstance(kl, bool) or not isinstance(kl, (int, float)):
+            raise ValueError(f"meta 'local_kl' must be a number, got {kl!r}")
 
     def _probe_env(self):
         if "probe" not in self._eval_envs:
@@ -258,7 +143,7 @@ class FederatedRL(Algorithm):
             self._eval_envs["probe"] = make_mixed_vector_env(self.data.env_id, dyn)
         return self._eval_envs["probe"]
 
-    def server_update(self, state: Any, agg: dict[str, torch.Tensor], server_opt: Any) -> dict[str, Any]:
+    def server_step(self, ctx, state, agg):
         """Apply the timestep-weighted mean update; record KLbar(pi_prev || pi_new) on states pi_prev visits."""
         prev = self.load(self.prev, {n: v.cpu() for n, v in state.params.items()})
         venv = self._probe_env()
@@ -267,17 +152,17 @@ class FederatedRL(Algorithm):
             steps = max(1, -(-self.p.kl_probe_steps // venv.num_envs))
             probe = RolloutCollector(venv, steps, derive_seed(self.seed, "rl-kl-probe", state.round)).collect(prev)
         obs = probe.obs.reshape(-1, *probe.obs.shape[2:])
-        state.opt_state = server_opt.step(state.params, agg, state.opt_state)
+        opt_state = ctx.server_optimizer.step(state.params, agg.update, state.opt_state)
         new = self.load(self.net, {n: v.cpu() for n, v in state.params.items()})
         with torch.no_grad():
             kl = float(kl_divergence(prev.distribution(obs), new.distribution(obs)).mean())
-        local = [v for r, v in self._local_kls if r == state.round]
-        self._local_kls.clear()
-        return {"policy_kl": kl, "local_kl_mean": float(np.mean(local)) if local else None}
+        local = [float(r.meta["local_kl"]) for r in agg.reports if "local_kl" in r.meta]
+        return replace(state, opt_state=opt_state), {"policy_kl": kl,
+                                                     "local_kl_mean": float(np.mean(local)) if local else None}
 
-    def evaluate(self, sim: Any) -> dict[str, Any]:
+    def evaluate(self, ctx, state) -> dict[str, Any]:
         """Deterministic returns of the global policy on every client's environment and on held-out physics."""
-        net = self.load(self.net, {n: v.cpu() for n, v in sim.state.params.items()})
+        net = self.load(self.net, {n: v.cpu() for n, v in state.params.items()})
         E = self.p.eval_episodes
         out: dict[str, Any] = {}
         for tag, dyns in (("clients", self.data.dynamics), ("heldout", self.data.heldout)):
@@ -286,7 +171,7 @@ class FederatedRL(Algorithm):
             if tag not in self._eval_envs:
                 self._eval_envs[tag] = make_mixed_vector_env(self.data.env_id, [d for d in dyns for _ in range(E)])
             with torch.random.fork_rng(devices=[]):
-                rets = evaluate_policy(net, self._eval_envs[tag], derive_seed(self.seed, "rl-eval", tag, sim.state.round))
+                rets = evaluate_policy(net, self._eval_envs[tag], derive_seed(self.seed, "rl-eval", tag, state.round))
             per = rets.reshape(len(dyns), E).mean(1)
             out["return_mean" if tag == "clients" else "return_heldout_mean"] = float(per.mean())
             out[f"return_{tag}"] = [round(float(r), 2) for r in per]
@@ -297,6 +182,12 @@ class FederatedRL(Algorithm):
                      "timestep-weighted mean")
 class FedPPO(FederatedRL):
     """Clients run PPO (Schulman et al. 2017, Algorithm 1) from the global actor-critic."""
+
+    name = "fedppo"
+    contract_config = {"data": {"dataset": "cartpole", "num_clients": 4}, "model": {"name": "actor_critic", "hidden": [16]},
+                       "cohort_size": 2,
+                       "algorithm": {"name": "fedppo", "n_envs": 2, "n_steps": 16, "batch_size": 16, "n_epochs": 1,
+                                     "eval_episodes": 1, "kl_probe_steps": 8}}
 
     def local_update(self, net, rollout, state, gen, alpha):
         p = self.p
@@ -312,6 +203,12 @@ class FedPPO(FederatedRL):
                      "and fit V; timestep-weighted mean")
 class FedTRPO(FederatedRL):
     """Clients take one TRPO step (Schulman et al. 2015) and fit the value function from the global model."""
+
+    name = "fedtrpo"
+    contract_config = {"data": {"dataset": "cartpole", "num_clients": 4}, "model": {"name": "actor_critic", "hidden": [16]},
+                       "cohort_size": 2,
+                       "algorithm": {"name": "fedtrpo", "n_envs": 2, "n_steps": 16, "eval_episodes": 1,
+                                     "kl_probe_steps": 8}}
 
     def local_update(self, net, rollout, state, gen, alpha):
         opt = torch.optim.Adam(list(net.value_parameters()), lr=self.p.vf_lr, fused=True)

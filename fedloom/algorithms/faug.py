@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fedloom import wire
 from fedloom.data.datasets import DataSource
 from fedloom.data.federated import FederatedData
-from fedloom.distill.cgan import CGANParams, Generator, num_parameters, train_cgan
+from fedloom.gan.cgan import CGANParams, Generator, num_parameters, train_cgan
 from fedloom.rng import torch_generator
 
 log = logging.getLogger("fedloom")

@@ -25,7 +25,7 @@ Choices the paper leaves open (``shared/papers.md`` section 2, [D]):
   out of every teacher and listed in the round's ``fd_invalid``.
 
 The ``fd`` algorithm below runs this in fedloom's round loop with one model per device (``models``: a list of
-architectures cycled over devices, so devices may differ), optional FAug (:mod:`fedloom.distill.faug`) and
+architectures cycled over devices, so devices may differ), optional FAug (:mod:`fedloom.algorithms.faug`) and
 the mean of the devices' test accuracies as ``test_accuracy``.
 
 Example::
@@ -40,7 +40,8 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -48,8 +49,12 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.func import functional_call
 
-from fedloom.algorithms.base import Algorithm, AlgorithmParams, ClientOutput, Params
-from fedloom.distill.faug import FAugParams, run_faug
+from fedloom.algorithms.faug import FAugParams, run_faug
+from fedloom.core.algorithm import AlgorithmParams, CustomClientAlgorithm, Traits
+from fedloom.core.types import Aggregate, ClientReport, Params, ServerState
+from fedloom.metrics.evaluation import evaluate_model
+from fedloom.models import build_model
+from fedloom.optim import sgd_step_
 from fedloom.registry import ALGORITHMS, MODELS
 from fedloom.rng import derive_seed
 
@@ -185,8 +190,6 @@ class ModelSpec(BaseModel):
 
     @model_validator(mode="after")
     def _known(self) -> ModelSpec:
-        import fedloom.models  # noqa: F401  (registration)
-
         if self.name not in MODELS:
             raise ValueError(f"unknown model {self.name!r}; allowed: {', '.join(MODELS.names())}")
         MODELS.entry(self.name).params(**self.params)  # raises with the offending field
@@ -203,8 +206,8 @@ class FDParams(AlgorithmParams):
 
 
 @ALGORITHMS.register("fd", FDParams, "federated distillation (Jeong et al. 2018): per-label logits, no model on the wire")
-class FederatedDistillation(Algorithm):
-    """Jeong et al. 2018, Algorithm 1 (FD). Each device keeps its own model (``task.client_states[k]``; the
+class FederatedDistillation(CustomClientAlgorithm):
+    """Jeong et al. 2018, Algorithm 1 (FD). Each device keeps its own model (``job.client_states[k]``; the
     architectures may differ, see ``models``), trains it with CE + gamma * CE-to-teacher, and uploads only its
     L x L per-label average softmax outputs; the server returns each device its teacher (sum of the others'
     averages) / (M - 1). No model travels, so the payload does not depend on the model size.
@@ -212,8 +215,8 @@ class FederatedDistillation(Algorithm):
     Reported accuracy is the mean test accuracy of the devices' own models (``test_accuracy``), with min/max.
     """
 
-    vectorizable = False
-    broadcasts_model = False
+    p: FDParams
+    traits = Traits(plain_mean=False, uploads_model=False)
 
     def __init__(self, params: FDParams):
         super().__init__(params)
@@ -226,31 +229,19 @@ class FederatedDistillation(Algorithm):
         self._faug_reported = False
 
     # -- set-up ------------------------------------------------------------------------------------------
-    def bind(self, sim: Any) -> None:
-        cfg = sim.cfg
-        bad = []
-        if cfg.codecs:
-            bad.append("codecs (FD uploads L x L logits, not a model update)")
-        if getattr(sim, "secagg_config", None) is not None:
-            bad.append("secure_aggregation")
-        if cfg.privacy is not None:
-            bad.append("privacy (DP-FedAvg clips model updates)")
-        if cfg.aggregator.name != "mean" or cfg.aggregator.params.get("max_norm") is not None:
-            bad.append(f"aggregator {cfg.aggregator.name!r} (FD's server computes teachers, not a mean)")
-        if bad:
-            raise ValueError("algorithm fd cannot be combined with: " + "; ".join(bad))
-        src = sim.data.source
-        self.num_labels, self.input_shape, self.seed = src.num_classes, tuple(src.input_shape), cfg.seed
-        self.default_spec = ModelSpec(name=cfg.model.name, params=cfg.model.params)
-        for k in range(min(sim.data.num_clients, len(self.p.models or [None]))):
+    def bind(self, ctx) -> None:
+        src = ctx.data.source
+        self.num_labels, self.input_shape, self.seed = src.num_classes, tuple(src.input_shape), ctx.seed
+        self.default_spec = ModelSpec(name=ctx.model_name, params=dict(ctx.model_params))
+        for k in range(min(ctx.num_clients, len(self.p.models or [None]))):
             self.template(k)  # build every architecture now: a spec that does not fit the data fails here
 
-    def prepare_data(self, data: Any, cfg: Any) -> Any:
+    def prepare_data(self, data: Any, seed: int) -> Any:
         """FAug (if configured) before anything is sized from the data: the devices' target labels are filled
         with samples from the server-trained generator; its costs are reported in the first round's record."""
         if self.p.faug is None:
             return data
-        aug, self.faug_report = run_faug(data, self.p.faug, cfg.seed)
+        aug, self.faug_report = run_faug(data, self.p.faug, seed)
         return aug
 
     def spec(self, k: int) -> ModelSpec:
@@ -258,16 +249,14 @@ class FederatedDistillation(Algorithm):
         if self.p.models:
             return self.p.models[k % len(self.p.models)]
         if self.default_spec is None:
-            raise RuntimeError("fd: bind(sim) was not called and no 'models' are given")
+            raise RuntimeError("fd: bind(ctx) was not called and no 'models' are given")
         return self.default_spec
 
     def template(self, k: int) -> torch.nn.Module:
-        from fedloom.models import build_model
-
         i = k % len(self.p.models) if self.p.models else 0
         if i not in self._templates:
             if self.input_shape is None or self.num_labels is None:
-                raise RuntimeError("fd: bind(sim) was not called")
+                raise RuntimeError("fd: bind(ctx) was not called")
             s = self.spec(k)
             try:
                 self._templates[i] = build_model(s.name, s.params, self.input_shape, self.num_labels)
@@ -275,10 +264,8 @@ class FederatedDistillation(Algorithm):
                 raise ValueError(f"fd: models[{i}] ({s.name}) does not fit input {self.input_shape}: {e}") from None
         return self._templates[i]
 
-    def init_state(self, k: int) -> dict[str, Any]:
+    def device_init(self, k: int) -> dict[str, Any]:
         """Device k's fresh model (its own seed: devices do not share an initialisation)."""
-        from fedloom.models import build_model
-
         s = self.spec(k)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(self.seed, "fd-init", k))
@@ -287,19 +274,17 @@ class FederatedDistillation(Algorithm):
 
     def device_params(self, states: Mapping[int, Any], k: int) -> Params:
         st = states.get(k)
-        return (st if st is not None else self.init_state(k))["params"]
+        return (st if st is not None else self.device_init(k))["params"]
 
     # -- client ------------------------------------------------------------------------------------------
-    def train_client(self, task: Any, k: int) -> ClientOutput:
+    def train_client(self, job: Any, k: int) -> ClientReport:
         """Alg. 1, step 1-2 on device k: n local steps on CE + gamma * CE(F, teacher[y]) while accumulating
         per-label softmax outputs; the update is the L x L local-average matrix."""
-        from fedloom.engine.base import sgd_step_
-
+        task = job
         if self.num_labels is None:
-            src = task.data.source
-            self.num_labels, self.input_shape, self.seed = src.num_classes, tuple(src.input_shape), task.seed
+            raise RuntimeError("fd: bind(ctx) was not called")
         sched = task.schedule
-        state = task.client_states.get(k) or self.init_state(k)
+        state = task.client_states.get(k) or self.device_init(k)
         template = self.template(k)
         buffers = {n: b.to(task.device) for n, b in template.named_buffers()}
         params = {n: p.detach().clone().to(task.device).requires_grad_(True) for n, p in state["params"].items()}
@@ -307,7 +292,7 @@ class FederatedDistillation(Algorithm):
         if sched.momentum:
             bufs = state.get("momentum") or {n: torch.zeros_like(p) for n, p in params.items()}
             bufs = {n: b.detach().clone().to(task.device) for n, b in bufs.items()}
-        teacher = (getattr(task, "personal", None) or {}).get(k, {}).get(TEACHER)
+        teacher = task.personal.get(k, {}).get(TEACHER)
         gamma = self.p.gamma if teacher is not None and task.round > 1 else 0.0  # gamma = 0 in the first iteration
         if teacher is not None:
             teacher = teacher.to(task.device)
@@ -333,17 +318,20 @@ class FederatedDistillation(Algorithm):
             new_state["momentum"] = bufs
         task.client_states[k] = new_state
         n_steps = max(steps, 1)
-        return ClientOutput({LOGITS: acc.averages()}, len(idx), ce_sum / n_steps,
+        return ClientReport(k, {LOGITS: acc.averages()}, len(idx), ce_sum / n_steps,
                             {"fd_kd_loss": kd_sum / n_steps, "fd_gamma": gamma})
 
     # -- what travels ------------------------------------------------------------------------------------
-    def upload_spec(self, expected):
+    def upload_spec(self, model_spec):
         """One L x L float32 matrix (read after :meth:`bind`, which sets L)."""
         if self.num_labels is None:
-            raise RuntimeError("fd: bind(sim) was not called")
+            raise RuntimeError("fd: bind(ctx) was not called")
         return {LOGITS: ((self.num_labels, self.num_labels), torch.float32)}
 
-    def client_broadcast(self, state: Any, k: int) -> Params:
+    def broadcast(self, state) -> Params:
+        return {}  # no shared model: each device gets its own teacher (personal)
+
+    def personal(self, state: Any, k: int) -> Params:
         """Device k's teacher from the last global iteration's uploads; nothing before the first upload."""
         fd = state.algo_state.get("fd")
         if not fd or len(fd["clients"]) == 0:
@@ -353,63 +341,64 @@ class FederatedDistillation(Algorithm):
         return {TEACHER: teacher_for(fd["logits"], own)}
 
     # -- server ------------------------------------------------------------------------------------------
-    def client_weight(self, out_meta: Mapping[str, Any]) -> int:
-        """FD's server needs to know whose averages it holds (the teacher removes the device's own), so the
-        'weight' is the device id. Every device's averages count equally (Alg. 1, step 3)."""
-        return int(out_meta["client"])
+    def make_aggregator(self, ctx) -> TeacherInputs:
+        return TeacherInputs(self.num_labels or 0)
 
-    def server_aggregate(self, global_params: Params, updates: list[Params], weights: list[Any]) -> Params:
-        """Stack the round's uploads with their device ids. An upload that is not a matrix of per-label softmax
-        averages (entries outside [0, 1], or a row sum other than 0 or 1) is left out of every teacher and
-        reported in the round's ``fd_invalid`` field."""
-        keep, ids, self._invalid = [], [], []
-        for u, k in zip(updates, weights):
-            a = u[LOGITS].float()
+    def server_step(self, ctx, state, agg):
+        fd = {"logits": agg.update["logits"].cpu(), "clients": agg.update["clients"].cpu()}
+        covered = int(present_labels(fd["logits"]).any(0).sum()) if len(fd["logits"]) else 0
+        rec: dict[str, Any] = {"fd_labels_covered": covered}
+        if self.faug_report is not None and not self._faug_reported:
+            rec.update(self.faug_report.summary())
+            self._faug_reported = True
+        return replace(state, algo_state={**state.algo_state, "fd": fd}), rec
+
+    def evaluate(self, ctx, state) -> dict[str, Any]:
+        """Mean (min, max) test accuracy and loss of the devices' own models."""
+        src = ctx.data.source
+        accs, losses = [], []
+        for k in range(ctx.num_clients):
+            m = self.template(k)
+            params = {n: p.to(ctx.device) for n, p in self.device_params(ctx.client_states, k).items()}
+            buffers = {n: b.to(ctx.device) for n, b in m.named_buffers()}
+            res = evaluate_model(ctx.task, m, params, buffers, src.test_x, src.test_y, ctx.eval_batch_size, ctx.device)
+            accs.append(res["test_accuracy"])
+            losses.append(res["test_loss"])
+        return {"test_accuracy": sum(accs) / len(accs), "test_loss": sum(losses) / len(losses),
+                "test_accuracy_min": min(accs), "test_accuracy_max": max(accs)}
+
+    def final_state(self, ctx, state) -> dict[str, Any]:
+        """``model.pt`` of an FD run: every device's own model and architecture (there is no global model)."""
+        return {"devices": {k: {"spec": self.spec(k).model_dump(),
+                                "params": {n: t.cpu() for n, t in self.device_params(ctx.client_states, k).items()}}
+                            for k in range(ctx.num_clients)}}
+
+
+class TeacherInputs:
+    """FD's server rule (Alg. 1, step 3 inputs): stack the round's per-label averages with their device ids.
+    Every device's averages count equally. An upload that is not a matrix of per-label softmax averages
+    (entries outside [0, 1], or a row sum other than 0 or 1) is left out of every teacher and listed in the
+    round's ``fd_invalid``."""
+
+    def __init__(self, num_labels: int):
+        self.L = num_labels
+
+    def aggregate(self, rnd: int, reports: Sequence[ClientReport], state: ServerState) -> Aggregate:
+        if not reports:
+            return Aggregate(None, reports)
+        keep, ids, invalid = [], [], []
+        for r in reports:
+            a = r.update[LOGITS].float()
             rows = a.sum(1)
             ok = (bool((a >= -1e-4).all()) and bool((a <= 1 + 1e-4).all())
                   and bool(((rows - 1).abs() < 1e-3).logical_or(rows.abs() < 1e-6).all()))
             if ok:
                 keep.append(a)
-                ids.append(int(k))
+                ids.append(r.client)
             else:
-                log.warning("fd: device %d uploaded a matrix that is not per-label softmax averages; left out", k)
-                self._invalid.append(int(k))
-        L = self.num_labels or updates[0][LOGITS].shape[0]
-        return {"logits": torch.stack(keep) if keep else torch.zeros(0, L, L),
-                "clients": torch.tensor(ids, dtype=torch.int64)}
-
-    def server_update(self, state: Any, agg: Params, server_opt: Any) -> dict[str, Any]:
-        state.algo_state["fd"] = {"logits": agg["logits"].cpu(), "clients": agg["clients"].cpu()}
-        covered = int(present_labels(agg["logits"]).any(0).sum()) if len(agg["logits"]) else 0
-        rec: dict[str, Any] = {"fd_labels_covered": covered, "fd_invalid": list(getattr(self, "_invalid", []))}
-        if self.faug_report is not None and not self._faug_reported:
-            rec.update(self.faug_report.summary())
-            self._faug_reported = True
-        return rec
-
-    def evaluate(self, sim: Any) -> dict[str, Any]:
-        """Mean (min, max) test accuracy and loss of the devices' own models."""
-        from fedloom.simulation import evaluate
-
-        states = self._states(sim)
-        src = sim.data.source
-        accs, losses = [], []
-        for k in range(sim.data.num_clients):
-            m = self.template(k)
-            params = {n: p.to(sim.device) for n, p in self.device_params(states, k).items()}
-            buffers = {n: b.to(sim.device) for n, b in m.named_buffers()}
-            loss, acc = evaluate(m, params, buffers, src.test_x, src.test_y, sim.cfg.eval_batch_size, sim.device)
-            accs.append(acc)
-            losses.append(loss)
-        return {"test_accuracy": sum(accs) / len(accs), "test_loss": sum(losses) / len(losses),
-                "test_accuracy_min": min(accs), "test_accuracy_max": max(accs)}
-
-    def final_state(self, sim: Any) -> dict[str, Any]:
-        """``model.pt`` of an FD run: every device's own model and architecture (there is no global model)."""
-        return {"devices": {k: {"spec": self.spec(k).model_dump(),
-                                "params": {n: t.cpu() for n, t in self.device_params(sim.client_states, k).items()}}
-                            for k in range(sim.data.num_clients)}}
-
-    @staticmethod
-    def _states(sim: Any) -> Mapping[int, Any]:
-        return sim.client_states
+                log.warning("fd: device %d uploaded a matrix that is not per-label softmax averages; left out", r.client)
+                invalid.append(r.client)
+        L = self.L or reports[0].update[LOGITS].shape[0]
+        update = {"logits": torch.stack(keep) if keep else torch.zeros(0, L, L),
+                  "clients": torch.tensor(ids, dtype=torch.int64)}
+        return Aggregate(update, reports, {"fd_invalid": invalid})

@@ -1,0 +1,216 @@
+"""The composition root: :func:`build_run` turns a validated :class:`~fedloom.config.RunConfig` into a run.
+
+This is the only place that knows every concrete part. It builds them in an order that matters (and says why):
+the data (then the algorithm's ``prepare_data``, then attacks that poison it), the model from a derived seed,
+the frozen :class:`~fedloom.core.types.RunContext`, the algorithm bound to it, the client pipeline (attack
+simulation -> local DP -> codecs -> encoder) and the server pipeline (decoder -> aggregator), the planner, and the
+in-process client runtime. Everything it returns talks through :mod:`fedloom.core` interfaces.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from types import MappingProxyType
+from typing import Any
+
+import torch
+
+from fedloom import wire
+from fedloom.algorithms import build_algorithm
+from fedloom.algorithms.server_opt import build_server_optimizer
+from fedloom.codecs import CodecStage, UpdateCodec
+from fedloom.config import ConfigError, RunConfig, features
+from fedloom.core import compat
+from fedloom.core.aggregate import Aggregator, WeightedMean
+from fedloom.core.algorithm import Algorithm
+from fedloom.core.loop import Server
+from fedloom.core.pipeline import ClientPipeline, ClientStage, Encoder, PlainEncoder, ServerPipeline
+from fedloom.core.types import Broadcast, LocalSchedule, RoundInfo, RunContext, ServerState, spec_of
+from fedloom.crypto.secagg import CiphertextSum, SecAggEncoder, SecureAggregation, build_secure_aggregation
+from fedloom.data.federated import build_federated
+from fedloom.engine import CohortJob, Engine, build_engine, fallback_reason
+from fedloom.models import build_model
+from fedloom.models.tasks import build_task
+from fedloom.privacy import DPAggregator, DPFedAvg, LocalDPStage
+from fedloom.registry import ENVIRONMENTS
+from fedloom.rng import derive_seed
+from fedloom.robust import Attack, AttackStage, RobustAggregator
+from fedloom.schedules import build_lr_schedule
+from fedloom.system import CohortPlanner
+
+log = logging.getLogger("fedloom")
+
+
+class SimulatedClients:
+    """Steps 3-4 in one process: every sampled client decodes the broadcast, the engine runs the cohort's local
+    work (batched under vmap where it can), and each client's report goes through its client pipeline to bytes.
+    Client and pipeline states (SCAFFOLD's c_i, FD's device models, codec memory) live here, per client."""
+
+    def __init__(self, ctx: RunContext, algorithm: Algorithm, engine: Engine, pipeline: ClientPipeline,
+                 client_states: dict[int, Any], lr_schedule: Any = None, codec: UpdateCodec | None = None):
+        self.ctx, self.algorithm, self.engine, self.pipeline = ctx, algorithm, engine, pipeline
+        self.client_states = client_states  # the algorithm's per-client state
+        self.pipeline_states: dict[int, dict[str, Any]] = {}  # per-client stage states (stateful stages only)
+        self.lr_schedule, self.codec = lr_schedule, codec
+
+    def schedule(self, rnd: int) -> LocalSchedule:
+        """Round ``rnd``'s local schedule: the algorithm's (post-local SGD varies it), then the lr schedule."""
+        sched = self.algorithm.local_schedule(self.ctx.schedule, rnd)
+        if self.lr_schedule is None:
+            return sched
+        if sched.local_steps is None:  # epoch mode: client step counts differ; the schedule runs on rounds
+            return replace(sched, lr=sched.lr * self.lr_schedule(rnd))
+        H = sched.local_steps
+        return replace(sched, lr_steps=tuple(sched.lr * self.lr_schedule((rnd - 1) * H + s + 1) for s in range(H)))
+
+    def job(self, rnd: int, down: Broadcast, clients: Sequence[int]) -> tuple[CohortJob, dict[str, Any]]:
+        """The cohort's work order from what the clients received (decoded from the broadcast's bytes)."""
+        ctx, dev = self.ctx, self.ctx.device
+        received, meta = {}, {}
+        if down.shared:
+            m = wire.decode(down.shared)
+            received, meta = {k: v.to(dev) for k, v in m.tensors.items()}, m.meta
+        personal = {k: {n: v.to(dev) for n, v in wire.decode(down.personal[k]).tensors.items()}
+                    for k in clients if k in down.personal}
+        spec = ctx.param_spec
+        job = CohortJob(ctx.model, {k: v for k, v in received.items() if k in spec}, ctx.buffers, list(clients),
+                        ctx.data, self.schedule(rnd), self.algorithm, ctx.seed, rnd, dev, task=ctx.task,
+                        reparam=self.codec.reparam(rnd) if self.codec is not None else None,
+                        extras={k: v for k, v in received.items() if k not in spec}, personal=personal,
+                        client_states=self.client_states)
+        return job, meta
+
+    def run(self, rnd: int, down: Broadcast, clients: Sequence[int]) -> list[tuple[int, bytes]]:
+        job, meta = self.job(rnd, down, clients)
+        uploads = []
+        for rep in self.engine.run(job):
+            rep = self.algorithm.client_finish(job, rep)
+            states = self.pipeline_states.get(rep.client, {})
+            msg = self.pipeline.run(rep, states, RoundInfo(rnd, rep.client, meta))
+            if states:
+                self.pipeline_states[rep.client] = states
+            uploads.append((rep.client, msg))
+        return uploads
+
+
+@dataclass
+class Run:
+    """A composed run: the frozen context, the algorithm, the server side, the in-process client side and the
+    initial server state, plus the parts a runtime reports on."""
+
+    cfg: RunConfig
+    ctx: RunContext
+    algorithm: Algorithm
+    server: Server
+    clients: SimulatedClients
+    state: ServerState
+    engine_note: str = ""
+    dp: DPFedAvg | None = None
+    secagg: SecureAggregation | None = None
+    codec: UpdateCodec | None = None
+    attack: Attack | None = None
+    planner: CohortPlanner | None = None
+
+    @property
+    def headline(self) -> str:
+        """The metric the run is judged by: the algorithm's, else its task's."""
+        return self.algorithm.headline or self.ctx.task.headline
+
+
+def _engine(cfg: RunConfig, algorithm: Algorithm, model: torch.nn.Module) -> tuple[Engine, str]:
+    if cfg.engine.name == "vectorized":
+        why = fallback_reason(algorithm, model)
+        if why:
+            log.warning("falling back to the sequential engine: %s", why)
+            return build_engine("sequential", None), f"fell back to sequential: {why}"
+    return build_engine(cfg.engine.name, cfg.engine.params), ""
+
+
+def _aggregator(cfg: RunConfig, algorithm: Algorithm, ctx: RunContext, dp: DPFedAvg | None,
+                sa: SecureAggregation | None) -> Aggregator:
+    """Step 5's rule: the algorithm's own, else the ciphertext sum, central DP, a robust rule or the weighted
+    mean (the compatibility rules guarantee at most one applies)."""
+    own = algorithm.make_aggregator(ctx)
+    weighting = algorithm.p.weighting
+    if own is not None:
+        return own
+    if sa is not None:
+        return CiphertextSum(sa)
+    if dp is not None:
+        return DPAggregator(dp)
+    if cfg.aggregator.name != "mean" or cfg.aggregator.params.get("max_norm") is not None:
+        return RobustAggregator(cfg.aggregator.name, cfg.aggregator.params, weighting)
+    return WeightedMean(weighting)
+
+
+def build_run(cfg: RunConfig, *, data: Any = None, engine: Engine | None = None,
+              secure_aggregation: Any = None) -> Run:
+    """Compose a run from a validated config. ``data`` replaces the configured federated data (e.g. a user's
+    own), ``engine`` the configured engine, ``secure_aggregation`` the config's section."""
+    sa_cfg = secure_aggregation if secure_aggregation is not None else cfg.secure_aggregation
+    errors = compat.check(features(cfg, secure_aggregation=sa_cfg))
+    if errors:  # a run built from Python without validate_config's checks
+        raise ConfigError(errors)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    device = torch.device(cfg.device)
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available")
+    # -- data: built, then changed by the algorithm (FAug), then poisoned by simulated attackers
+    d = cfg.data
+    if data is None and d.dataset.name in ENVIRONMENTS:  # not labelled data: e.g. RL environments
+        env = ENVIRONMENTS.entry(d.dataset.name)
+        data = env.factory(env.params(**d.dataset.params), d.num_clients, cfg.seed)
+    if data is None:
+        data = build_federated(d.dataset.name, d.dataset.params, d.num_clients, d.partition.name, d.partition.params,
+                               cfg.seed)
+    algorithm = build_algorithm(cfg.algorithm.name, cfg.algorithm.params)
+    data = algorithm.prepare_data(data, cfg.seed)
+    attack = Attack(cfg.attack.name, cfg.attack.params, data.num_clients, cfg.seed) if cfg.attack else None
+    if attack is not None:
+        attack.poison_data(data)  # label flipping rewrites the attackers' labels (a private copy)
+    src = data.source
+    if device.type != "cpu" and getattr(src, "train_x", None) is not None:
+        src.train_x, src.train_y = src.train_x.to(device), src.train_y.to(device)
+    # -- the model, from its own derived seed (the same initial model in every engine and runtime)
+    torch.manual_seed(derive_seed(cfg.seed, "model-init"))
+    model = build_model(cfg.model.name, cfg.model.params, src.input_shape, src.num_classes).to(device)
+    c = cfg.client
+    base = LocalSchedule(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, local_steps=c.local_steps,
+                         momentum=c.momentum, weight_decay=c.weight_decay)
+    server_opt = build_server_optimizer(cfg.server_optimizer.name, cfg.server_optimizer.params)
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    client_states: dict[int, Any] = {}
+    ctx = RunContext(cfg.seed, cfg.rounds, cfg.cohort_size, device, model,
+                     {k: v.detach().clone() for k, v in model.named_buffers()}, spec_of(params), data,
+                     build_task(cfg.task.name), base, server_opt, cfg.eval_batch_size, MappingProxyType(client_states),
+                     cfg.model.name, dict(cfg.model.params))
+    algorithm.bind(ctx)
+    upload = algorithm.upload_spec(ctx.param_spec)  # what every client message must carry
+    # -- the client pipeline: attack simulation -> local DP -> codecs, then the encoder (plain or Paillier)
+    dp = DPFedAvg(cfg.privacy, data.num_clients, cfg.cohort_size, cfg.seed) if cfg.privacy else None
+    codec = UpdateCodec([(x.name, x.params) for x in cfg.codecs], upload, cfg.seed) if cfg.codecs else None
+    stages: list[ClientStage] = []
+    if attack is not None:
+        stages.append(AttackStage(attack))
+    if dp is not None and dp.cfg.mode == "local":
+        stages.append(LocalDPStage(dp.cfg, cfg.seed))
+    if codec is not None:
+        stages.append(CodecStage(codec))
+    sa = build_secure_aggregation(sa_cfg, upload, data.client_sizes, cfg.cohort_size, algorithm.p.weighting,
+                                  cfg.seed, device)
+    encoder: Encoder = SecAggEncoder(sa) if sa is not None else PlainEncoder()
+    # -- the server pipeline: decode + validate each message, then one aggregator
+    aggregator = _aggregator(cfg, algorithm, ctx, dp, sa)
+    planner = CohortPlanner(cfg.system, data.client_sizes, cfg.cohort_size, algorithm.local_schedule(base, 1).epochs,
+                            cfg.seed)
+    settings = aggregator.round_settings if isinstance(aggregator, DPAggregator) else None
+    server = Server(ctx, algorithm, planner, ServerPipeline(stages, encoder, upload, algorithm.check_report, device),
+                    aggregator, cfg.eval_every, round_settings=settings)
+    eng, note = (engine, "") if engine is not None else _engine(cfg, algorithm, model)
+    lr_schedule = build_lr_schedule(c.lr_schedule.name, c.lr_schedule.params) if c.lr_schedule is not None else None
+    clients = SimulatedClients(ctx, algorithm, eng, ClientPipeline(stages, encoder), client_states, lr_schedule, codec)
+    state = ServerState(params, server_opt.init(params), 0, algorithm.init_state(ctx))
+    return Run(cfg, ctx, algorithm, server, clients, state, note, dp, sa, codec, attack, planner)
