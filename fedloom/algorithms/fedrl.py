@@ -178,16 +178,20 @@ class FederatedRL(CustomClientAlgorithm):
         return out
 
 
+def _tiny_rl(name: str, **algorithm: Any) -> dict[str, Any]:
+    """A tiny cartpole run (the algorithm contract suite's config)."""
+    return {"data": {"dataset": "cartpole", "num_clients": 4}, "model": {"name": "actor_critic", "hidden": [16]},
+            "cohort_size": 2, "algorithm": {"name": name, "n_envs": 2, "n_steps": 16, "eval_episodes": 1,
+                                            "kl_probe_steps": 8, **algorithm}}
+
+
 @ALGORITHMS.register("fedppo", FedPPOParams, "federated PPO: clients run PPO epochs in their own environments; "
                      "timestep-weighted mean")
 class FedPPO(FederatedRL):
     """Clients run PPO (Schulman et al. 2017, Algorithm 1) from the global actor-critic."""
 
     name = "fedppo"
-    contract_config = {"data": {"dataset": "cartpole", "num_clients": 4}, "model": {"name": "actor_critic", "hidden": [16]},
-                       "cohort_size": 2,
-                       "algorithm": {"name": "fedppo", "n_envs": 2, "n_steps": 16, "batch_size": 16, "n_epochs": 1,
-                                     "eval_episodes": 1, "kl_probe_steps": 8}}
+    contract_config = _tiny_rl("fedppo", batch_size=16, n_epochs=1)
 
     def local_update(self, net, rollout, state, gen, alpha):
         p = self.p
@@ -205,10 +209,7 @@ class FedTRPO(FederatedRL):
     """Clients take one TRPO step (Schulman et al. 2015) and fit the value function from the global model."""
 
     name = "fedtrpo"
-    contract_config = {"data": {"dataset": "cartpole", "num_clients": 4}, "model": {"name": "actor_critic", "hidden": [16]},
-                       "cohort_size": 2,
-                       "algorithm": {"name": "fedtrpo", "n_envs": 2, "n_steps": 16, "eval_episodes": 1,
-                                     "kl_probe_steps": 8}}
+    contract_config = _tiny_rl("fedtrpo")
 
     def local_update(self, net, rollout, state, gen, alpha):
         opt = torch.optim.Adam(list(net.value_parameters()), lr=self.p.vf_lr, fused=True)

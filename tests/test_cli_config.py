@@ -9,7 +9,7 @@ import yaml
 from fedloom.cli import main
 from fedloom.config import ConfigError, apply_overrides, load_config, validate_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "fedavg_digits.yaml"
 
 

@@ -16,7 +16,7 @@ from fedloom.config import validate_config
 from fedloom.simulation import Simulation
 from tests.conftest import small_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_dropouts_recorded_and_round_completes():
