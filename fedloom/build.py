@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -28,7 +29,7 @@ from fedloom.core.aggregate import Aggregator, WeightedMean
 from fedloom.core.algorithm import Algorithm
 from fedloom.core.loop import Server
 from fedloom.core.pipeline import ClientPipeline, ClientStage, Encoder, PlainEncoder, ServerPipeline
-from fedloom.core.types import Broadcast, LocalSchedule, RoundInfo, RunContext, ServerState, spec_of
+from fedloom.core.types import Broadcast, Bytes, LocalSchedule, RoundInfo, RunContext, ServerState, spec_of
 from fedloom.crypto.secagg import CiphertextSum, SecAggEncoder, SecureAggregation, build_secure_aggregation
 from fedloom.data.federated import build_federated
 from fedloom.engine import CohortJob, Engine, build_engine, fallback_reason
@@ -55,6 +56,7 @@ class SimulatedClients:
         self.client_states = client_states  # the algorithm's per-client state
         self.pipeline_states: dict[int, dict[str, Any]] = {}  # per-client stage states (stateful stages only)
         self.lr_schedule, self.codec = lr_schedule, codec
+        self.last_seconds: dict[str, float] = {}  # the last round's local work ("train") and pipeline ("encode")
 
     def schedule(self, rnd: int) -> LocalSchedule:
         """Round ``rnd``'s local schedule: the algorithm's (post-local SGD varies it), then the lr schedule."""
@@ -83,17 +85,24 @@ class SimulatedClients:
                         client_states=self.client_states)
         return job, meta
 
-    def run(self, rnd: int, down: Broadcast, clients: Sequence[int]) -> list[tuple[int, bytes]]:
+    def run(self, rnd: int, down: Broadcast, clients: Sequence[int]) -> list[tuple[int, Bytes]]:
+        t0 = time.perf_counter()
         job, meta = self.job(rnd, down, clients)
-        uploads = []
-        for rep in self.engine.run(job):
+        reports = self.engine.run(job)
+        t1 = time.perf_counter()
+        uploads: list[tuple[int, Bytes]] = []
+        for rep in reports:
             rep = self.algorithm.client_finish(job, rep)
             states = self.pipeline_states.get(rep.client, {})
             msg = self.pipeline.run(rep, states, RoundInfo(rnd, rep.client, meta))
             if states:
                 self.pipeline_states[rep.client] = states
             uploads.append((rep.client, msg))
+        self.last_seconds = {"train": t1 - t0, "encode": time.perf_counter() - t1}
         return uploads
+
+    def round_metrics(self) -> dict[str, Any]:
+        return {}  # in one process every client replies; nothing is measured beyond the loop's own record
 
 
 @dataclass

@@ -67,6 +67,13 @@ class ClientConfig(_Strict):
                                                             "step, inverse; null = constant")
 
 
+class TrackingConfig(_Strict):
+    """Experiment trackers fed each round's record (fedloom.metrics.tracking)."""
+
+    tensorboard: bool = Field(False, description="write TensorBoard event files to RUN_DIR/tensorboard "
+                                                 "(needs the tracking extra)")
+
+
 class RunConfig(_Strict):
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="used in the run directory's name")
     seed: int = 0
@@ -87,6 +94,7 @@ class RunConfig(_Strict):
     codecs: list[Component] = Field(default_factory=list, description="update codec chain, applied in order "
                                     "on the client and undone in reverse on the server (fedloom.codecs)")
     progress: bool = Field(True, description="show a progress bar")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="TensorBoard event files")
     # -- FL system essentials (Kairouz et al.): fedloom.system, fedloom.robust, fedloom.privacy --
     system: SystemConfig = Field(default_factory=SystemConfig, description="availability, sampling, dropouts")
     aggregator: Component = Field(default_factory=lambda: Component(name="mean"), description="robust rule")
@@ -154,9 +162,10 @@ def validate_config(raw: dict[str, Any]) -> RunConfig:
     return cfg
 
 
-def features(cfg: RunConfig, secure_aggregation: Any = None) -> Features:
+def features(cfg: RunConfig, secure_aggregation: Any = None, runtime: str = "simulation") -> Features:
     """What the compatibility rules (:mod:`fedloom.core.compat`) need to know about ``cfg``: read off the
-    config and the components' declared traits. ``secure_aggregation`` overrides the config's section."""
+    config and the components' declared traits. ``secure_aggregation`` overrides the config's section;
+    ``runtime`` is where the run will execute (``simulation`` or ``deploy``)."""
     from fedloom.codecs import CODECS
     from fedloom.core.algorithm import CustomClientAlgorithm
 
@@ -174,7 +183,7 @@ def features(cfg: RunConfig, secure_aggregation: Any = None) -> Features:
         secure_aggregation=bool(sa_on), privacy=cfg.privacy is not None, aggregator=cfg.aggregator.name,
         max_norm=cfg.aggregator.params.get("max_norm") is not None, personalized_models=traits.personalized_models,
         averages_models=traits.averages_models, server_optimizer=so.name, server_lr=float(so.params.get("lr", 1.0)),
-        server_momentum=float(so.params.get("momentum", 0.0)))
+        server_momentum=float(so.params.get("momentum", 0.0)), runtime=runtime)
 
 
 def _validate_component(path: str, comp: Component, reg: R.Registry, errors: list[str]) -> Component | None:

@@ -160,10 +160,7 @@ class Attack:
         """label_flip: rewrite the attackers' training labels (on a private copy of the label tensor)."""
         if self.name != "label_flip" or not self.attackers:
             return
-        y = data.source.train_y.clone()
-        idx = torch.cat([data.client_indices[k] for k in sorted(self.attackers)])
-        y[idx] = data.source.num_classes - 1 - y[idx]
-        data.source.train_y = y
+        data.flip_labels(sorted(self.attackers))  # in memory: a private copy of the label tensor, rewritten
 
     def corrupt(self, client: int, rnd: int, update: Params) -> Params:
         if client not in self.attackers or self.name == "label_flip":

@@ -26,6 +26,7 @@ from fedloom.core.loop import ClientRuntime, run_round
 from fedloom.core.types import LocalSchedule, ServerState
 from fedloom.engine import Engine
 from fedloom.metrics.history import MetricsWriter
+from fedloom.metrics.tracking import Trackers, open_trackers
 
 
 class Simulation:
@@ -41,6 +42,7 @@ class Simulation:
         self.client_runtime: ClientRuntime = b.clients  # the seam where the two sides exchange bytes
         self.out_dir: Path | None = None
         self.metrics = MetricsWriter(None)
+        self.trackers = Trackers()  # TensorBoard etc. (cfg.tracking), fed each round's record
         if out_dir:
             self.attach_output(out_dir)
 
@@ -88,12 +90,15 @@ class Simulation:
         if write_config:
             (self.out_dir / "config.yaml").write_text(dump_config(self.cfg))
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
+        self.trackers.close()
+        self.trackers = open_trackers(self.cfg, self.out_dir, resumed=not write_config)
 
     # -- the round --------------------------------------------------------------------------------------
     def round(self, rnd: int) -> dict[str, Any]:
         """Run round ``rnd``, record it, and checkpoint when due."""
         self.state, rec = run_round(self.server, self.client_runtime, self.state, rnd)
         self.metrics.write(rec)
+        self.trackers.log(self.metrics.records[-1])
         every = self.cfg.checkpoint_every
         if self.out_dir is not None and every and (rnd % every == 0 or rnd == self.cfg.rounds):
             self.save_checkpoint()
@@ -152,16 +157,20 @@ class Simulation:
                    disable=not self.cfg.progress, dynamic_ncols=True)
         last, head = None, self.headline
         short = {"test_accuracy": "acc"}.get(head, head)
+        mb = sum((r.get("bytes_up") or 0) + (r.get("bytes_down") or 0) for r in self.metrics.records) / 1e6
         try:
             for rnd in bar:
                 rec = self.round(rnd)
                 if rec.get(head) is not None:
                     last = rec[head]
+                mb += (rec["bytes_up"] + rec["bytes_down"]) / 1e6
                 bar.set_postfix({short: f"{last:.4f}" if last is not None else "-",
-                                 "loss": f"{rec['train_loss']:.3f}" if rec["train_loss"] is not None else "-"})
+                                 "loss": f"{rec['train_loss']:.3f}" if rec["train_loss"] is not None else "-",
+                                 "MB": f"{mb:.1f}"})
         finally:
             bar.close()
             self.metrics.close()
+            self.trackers.close()
         if self.out_dir:
             save_atomic(self.algorithm.final_state(self.ctx, self.state), self.out_dir / "model.pt")
         return self.metrics.records

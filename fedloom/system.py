@@ -13,6 +13,11 @@ Each round the planner:
 
 Only the kept clients' updates are used; every sampled client received the broadcast (counted in bytes_down).
 All draws are seeded by (seed, round, client): a plan does not depend on the engine or on earlier rounds.
+
+Scale: the planner never touches client data, only ``client_sizes``. It keeps O(population) numeric arrays
+(sizes, speed, bandwidth, phase: 32 bytes a client) and each round costs O(population) vectorized work at most
+(the default's ``randperm``; availability masks; weighted probabilities) plus O(cohort) Python work: at 10^6
+clients a default plan takes ~20 ms, a weighted or diurnal one ~40 ms (tests/test_robust_privacy_system.py).
 """
 
 from __future__ import annotations
@@ -63,10 +68,13 @@ class CohortPlanner:
         self.speed = rng.lognormal(0.0, cfg.speed_sigma, n)
         self.bandwidth = cfg.bandwidth_mbps * 1e6 / 8 * rng.lognormal(0.0, cfg.bandwidth_sigma, n)  # bytes/s
         self.phase = rng.integers(0, cfg.period, n)
+        self._everyone: np.ndarray | None = None
 
     def available(self, rnd: int) -> np.ndarray:
         if self.cfg.availability == "always":
-            return np.arange(len(self.sizes))
+            if self._everyone is None:
+                self._everyone = np.arange(len(self.sizes))
+            return self._everyone
         on = ((rnd + self.phase) % self.cfg.period) < self.cfg.on_fraction * self.cfg.period
         return np.flatnonzero(on)
 

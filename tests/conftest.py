@@ -41,6 +41,9 @@ class UplinkTap:
         self.sent.extend(ups)
         return ups
 
+    def round_metrics(self):
+        return self.inner.round_metrics()
+
 
 def tap(sim, rewrite=None) -> UplinkTap:
     """Put an :class:`UplinkTap` into ``sim``'s uplink and return it."""

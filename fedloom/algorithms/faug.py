@@ -195,12 +195,12 @@ def augment_data(data: FederatedData, generator: Generator, fills: list[dict[int
     xs, ys, parts = [], [], []
     off = 0
     for k in range(data.num_clients):
-        idx = data.client_indices[k]
+        own_x, own_y = data.client_data(k)
         labels = torch.cat([torch.full((n,), c, dtype=torch.int64) for c, n in fills[k].items()]) if fills[k] \
             else torch.empty(0, dtype=torch.int64)
-        gx = generator.sample(labels, torch_generator(seed, "faug-generate", k)).to(src.train_x.dtype)
-        xk = torch.cat([src.train_x[idx].cpu(), gx])
-        yk = torch.cat([src.train_y[idx].cpu(), labels])
+        gx = generator.sample(labels, torch_generator(seed, "faug-generate", k)).to(own_x.dtype)
+        xk = torch.cat([own_x.cpu(), gx])
+        yk = torch.cat([own_y.cpu(), labels])
         xs.append(xk)
         ys.append(yk)
         parts.append(torch.arange(off, off + len(yk)))

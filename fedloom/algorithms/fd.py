@@ -297,8 +297,8 @@ class FederatedDistillation(CustomClientAlgorithm):
         if teacher is not None:
             teacher = teacher.to(task.device)
         acc = LogitAccumulator(self.num_labels, task.device)
-        idx = task.data.client_indices[k]
-        x_all, y_all = task.data.source.train_x, task.data.source.train_y
+        cohort = task.data.cohort([k])  # device k's rows (in memory: a view of the training set)
+        idx, x_all, y_all = cohort.rows[0], cohort.x, cohort.y
         ce_sum = kd_sum = 0.0
         steps = 0
         names = list(params)

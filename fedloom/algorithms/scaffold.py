@@ -73,7 +73,7 @@ class Scaffold(LocalSGDAlgorithm):
 
     def client_finish(self, job, report: ClientReport) -> ClientReport:
         k = report.client
-        steps = job.schedule.num_steps(len(job.data.client_indices[k]))
+        steps = job.schedule.num_steps(job.data.client_size(k))
         if steps == 0:  # no data, no step: keep c_i, send dc = 0
             dc = {n: torch.zeros_like(v) for n, v in report.update.items()}
         else:

@@ -34,6 +34,7 @@ class Features:
     server_optimizer: str = "sgd"
     server_lr: float = 1.0
     server_momentum: float = 0.0
+    runtime: str = "simulation"  # "simulation" (one process) or "deploy" (Flower SuperNodes)
 
     @property
     def robust(self) -> bool:
@@ -88,6 +89,14 @@ RULES: tuple[Rule, ...] = (
          lambda f: f"structured codecs ({', '.join(f.structured_codecs)}) restrict local SGD on a loss around one "
                    f"shared model; algorithm {f.algorithm!r} "
                    + ("runs its own client code" if f.custom_client else "trains per-client models")),
+    Rule(("secure_aggregation", "runtime"),
+         lambda f: f.runtime == "deploy" and f.secure_aggregation,
+         lambda f: "deployed secure aggregation needs the key authority's public key distributed to every node; "
+                   "not supported yet by `fedloom deploy` (run it in the simulator)"),
+    Rule(("algorithm.name", "runtime"),
+         lambda f: f.runtime == "deploy" and not f.uploads_model,
+         lambda f: f"algorithm {f.algorithm!r} is evaluated on the devices' own models, which stay on the nodes; "
+                   "`fedloom deploy` evaluates on the server (run it in the simulator)"),
     Rule(("server_optimizer", "algorithm.name"),
          lambda f: f.averages_models and (f.server_optimizer != "sgd" or f.server_lr != 1.0 or f.server_momentum != 0),
          lambda f: f"algorithm {f.algorithm!r} averages models; use server_optimizer sgd with lr 1"),

@@ -40,9 +40,14 @@ class Planner(Protocol):
 
 
 class ClientRuntime(Protocol):
-    """Steps 3-4 for a cohort, wherever its clients live: the broadcast in, one upload per client out."""
+    """Steps 3-4 for a cohort, wherever its clients live: the broadcast in, one upload per client that replied
+    out (a networked client may not reply in time: it is recorded as dropped)."""
 
     def run(self, rnd: int, broadcast: Broadcast, clients: Sequence[int]) -> list[tuple[int, Bytes]]: ...
+
+    def round_metrics(self) -> dict[str, Any]:
+        """The runtime's own measurements of the last round (e.g. transport bytes, per-client seconds)."""
+        ...
 
 
 class Server:
@@ -122,10 +127,12 @@ def run_round(server: Server, clients: ClientRuntime, state: ServerState, rnd: i
     rec: dict[str, Any] = {"round": rnd, "test_accuracy": None, "test_loss": None, **agg.metrics, **step_metrics,
                            "train_loss": train_loss(agg.reports), **server.evaluate(state, rnd)}
     rejected += [dict(r) for r in agg.rejected]
-    refused = {r["client"] for r in rejected}
+    replied = {k for k, _ in uploads}
+    refused = {r["client"] for r in rejected} | (set(plan.reporting) - replied)
+    dropped = {**plan.dropped, **{c: "no reply" for c in plan.reporting if c not in replied}}
     rec.update(bytes_up=sum(len(m) for _, m in uploads), bytes_down=down.bytes_for(plan.sampled),
                clients=len(plan.reporting), reported=len(agg.reports), rejected=rejected,
                sampled_ids=list(plan.sampled), reported_ids=[c for c in plan.reporting if c not in refused],
-               dropped=[{"client": c, "reason": r} for c, r in sorted(plan.dropped.items())],
-               seconds=time.perf_counter() - t0)
+               dropped=[{"client": c, "reason": r} for c, r in sorted(dropped.items())],
+               **clients.round_metrics(), seconds=time.perf_counter() - t0)
     return state, rec

@@ -40,7 +40,7 @@ class CohortJob:
     params: Params            # the broadcast global model, as decoded by the clients
     buffers: Params
     clients: list[int]
-    data: Any                 # the federated data (client_indices, source)
+    data: Any                 # the federated data (fedloom.data.base.FederatedDataset: client_size, cohort)
     schedule: LocalSchedule
     algorithm: Algorithm
     seed: int
@@ -76,7 +76,7 @@ class CohortJob:
 
     def batches(self, k: int) -> list[torch.Tensor]:
         """Client k's minibatches (local indices) for this round: the same in every engine."""
-        n = len(self.data.client_indices[k])
+        n = self.data.client_size(k)
         return client_batches(n, self.schedule, torch_generator(self.seed, "batches", self.round, k))
 
 

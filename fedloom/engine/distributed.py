@@ -5,7 +5,9 @@ plan and broadcast model). In step 3 rank r trains the clients ``cohort[r::W]`` 
 (``vectorized`` by default, falling back to ``sequential`` exactly when the simulator would), then the
 per-client outputs are all-gathered so every rank holds the whole cohort's updates, in cohort order, and runs
 steps 4-6 identically. Because client randomness is derived from (seed, round, client) (:mod:`fedloom.rng`),
-W ranks give the same model as 1 rank (tests/distributed/test_engine.py).
+W ranks give the same model as 1 rank (tests/distributed/test_local_sgd.py). Every rank builds the same federated
+data -- the same client store (memory-mapped) or generated population -- and its local engine reads only its own
+shard of each cohort through ``data.cohort`` (tests/engine/test_distributed_lazy.py).
 
 This is pfl-research's approach (each worker simulates a shard of the cohort). pfl all-reduces the
 *aggregate*; gathering the individual updates instead costs more bandwidth but keeps everything downstream

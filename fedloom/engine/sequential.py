@@ -27,9 +27,8 @@ def local_sgd(task: CohortJob, k: int) -> ClientReport:
     params = {n: p.detach().clone() for n, p in z0.items()}
     bufs = {n: torch.zeros_like(p) for n, p in params.items()} if sched.momentum else None
     gfn = grad(client_objective(task, forward, ctx), has_aux=True)
-    idx = task.data.client_indices[k]
-    x_all = task.data.source.train_x
-    y_all = task.data.source.train_y
+    cohort = task.data.cohort([k])  # client k's rows (in memory: a view of the training set)
+    idx, x_all, y_all = cohort.rows[0], cohort.x, cohort.y
     lw_sum = torch.zeros((), device=task.device)
     w_sum = torch.zeros((), device=task.device)
     for s, b in enumerate(task.batches(k)):

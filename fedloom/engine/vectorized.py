@@ -3,12 +3,14 @@
 Client parameters are stacked along a leading cohort axis and every local step is one call of
 ``vmap(grad(loss))`` over (params, batch) -- ``torch.func`` turns the per-client matmuls into batched ones.
 
-Unequal client data: client k runs ``steps_k`` local steps with batches of up to B rows. The cohort is laid
-out as a [C, S_max, B_max] grid of sample indices with a weight mask: padding rows get weight 0 (the loss is
-a weighted mean, so they contribute nothing), and steps past a client's own count are *inactive* -- its
-parameters and momentum buffers are left as they are. This reproduces per-client training exactly. To keep
-padding low, clients are bucketed: the cohort is sorted by step count and processed in chunks of at most
-``chunk_size`` clients (which also bounds memory), so each chunk pads only to its own longest client.
+Unequal client data: client k runs ``steps_k`` local steps with batches of up to B rows. Each chunk's rows are
+read once through the data's ``cohort(clients)`` (a view for in-memory data; only those clients' rows for a
+store or a generated population) and laid out as a [C, S_max, B_max] grid of row indices with a weight mask:
+padding rows get weight 0 (the loss is a weighted mean, so they contribute nothing), and steps past a client's
+own count are *inactive* -- its parameters and momentum buffers are left as they are. This reproduces
+per-client training exactly. To keep padding low, clients are bucketed: the cohort is sorted by step count and
+processed in chunks of at most ``chunk_size`` clients (which also bounds memory), so each chunk pads only to
+its own longest client.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class VectorizedEngine(Engine):
         self.p = params or VectorizedParams()
 
     def run(self, task: CohortJob) -> list[ClientReport]:
-        sizes = [len(task.data.client_indices[k]) for k in task.clients]
+        sizes = [task.data.client_size(k) for k in task.clients]
         steps = [task.schedule.num_steps(n) for n in sizes]
         order = sorted(range(len(task.clients)), key=lambda i: steps[i]) if self.p.bucket else list(range(len(task.clients)))
         out: list[ClientReport | None] = [None] * len(task.clients)
@@ -61,19 +63,18 @@ class VectorizedEngine(Engine):
         batches = [task.batches(k) for k in clients]
         S = max((len(b) for b in batches), default=0)
         B = max((len(x) for bs in batches for x in bs), default=1)
-        # [C, S, B] global sample indices, weights (1 real row / 0 padding) and per-step activity.
+        # The chunk's rows, read once (in memory: a view of the training set; lazy data: only these clients'),
+        # then [C, S, B] row indices into them, weights (1 real row / 0 padding) and per-step activity.
+        cohort = task.data.cohort(clients)
         gidx = torch.zeros(C, S, B, dtype=torch.int64)
         wts = torch.zeros(C, S, B)
-        for c, (k, bs) in enumerate(zip(clients, batches)):
-            idx = task.data.client_indices[k]
-            for s, b in enumerate(bs):
-                gidx[c, s, : len(b)] = idx[b]
-                wts[c, s, : len(b)] = 1.0
+        cell, rows = _grid_cells(cohort.rows, batches, S, B)  # one scatter, not one per (client, step)
+        gidx.view(-1)[cell] = rows
+        wts.view(-1)[cell] = 1.0
         active = wts.sum(-1) > 0  # [C, S]
         all_active = bool(active.all())
         gidx, wts, active = gidx.to(dev), wts.to(dev), active.to(dev)
-        x_all = task.data.source.train_x
-        y_all = task.data.source.train_y
+        x_all, y_all = cohort.x, cohort.y
         if x_all.device != dev:
             x_all, y_all = x_all.to(dev), y_all.to(dev)
 
@@ -107,5 +108,24 @@ class VectorizedEngine(Engine):
             params[n].sub_(z0[n])
         for c, k in enumerate(clients):
             upd = {n: params[n][c] for n in params}
-            outs.append(ClientReport(k, upd, len(task.data.client_indices[k]), losses[c], alg.client_meta(task, k)))
+            outs.append(ClientReport(k, upd, len(cohort.rows[c]), losses[c], alg.client_meta(task, k)))
         return outs
+
+
+def _grid_cells(rows: list[torch.Tensor], batches: list[list[torch.Tensor]], S: int, B: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat [C, S, B] positions and row indices of every real sample: client c's step-s batch ``b`` fills
+    cells (c, s, 0..len(b)-1) with ``rows[c][b]``."""
+    cells, vals = [], []
+    for c, (idx, bs) in enumerate(zip(rows, batches)):
+        if not bs:
+            continue
+        lens = torch.tensor([len(b) for b in bs], dtype=torch.int64)
+        flat = torch.cat(bs)
+        steps = torch.repeat_interleave(torch.arange(len(bs), dtype=torch.int64), lens)
+        within = torch.arange(len(flat), dtype=torch.int64) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+        cells.append((c * S + steps) * B + within)
+        vals.append(idx[flat])
+    if not cells:
+        return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(cells), torch.cat(vals)

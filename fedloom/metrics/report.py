@@ -1,5 +1,6 @@
-"""Plots for a run directory: the headline metric (test accuracy, or the algorithm's own, e.g. an RL return)
-vs round and vs cumulative bytes (up + down)."""
+"""Plots for a run directory (PNG, for papers): the headline metric (test accuracy, or the algorithm's own, e.g.
+an RL return) vs round and vs cumulative bytes (up + down). The interactive HTML report is
+:mod:`fedloom.metrics.html`."""
 
 from __future__ import annotations
 
@@ -9,18 +10,22 @@ from fedloom.metrics.history import read_metrics
 
 
 def headline_of(run_dir: Path, records: list[dict]) -> str:
-    """The metric a run is judged by: test_accuracy when recorded, else its algorithm's ``headline``."""
+    """The metric a run is judged by: test_accuracy when recorded, else (as ``Run.headline``) its algorithm's
+    ``headline``, else its task's (``test_rmse`` for regression)."""
     if any(r.get("test_accuracy") is not None for r in records):
         return "test_accuracy"
     try:
         import yaml
 
         import fedloom.components  # noqa: F401
-        from fedloom.registry import ALGORITHMS
+        from fedloom.registry import ALGORITHMS, TASKS
 
-        alg = yaml.safe_load((run_dir / "config.yaml").read_text())["algorithm"]
-        name = alg if isinstance(alg, str) else alg["name"]
-        return getattr(ALGORITHMS.get(name), "headline", "test_accuracy")
+        raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        alg, task = raw["algorithm"], raw.get("task") or "classification"
+        head = getattr(ALGORITHMS.get(alg if isinstance(alg, str) else alg["name"]), "headline", None)
+        if head is None:
+            head = getattr(TASKS.get(task if isinstance(task, str) else task["name"]), "headline", None)
+        return head or "test_accuracy"
     except (OSError, KeyError, TypeError, ValueError):
         return "test_accuracy"
 
@@ -41,19 +46,29 @@ def _series(records, metric: str = "test_accuracy"):
 
 def make_report(run_dirs: list[str | Path], out_dir: str | Path | None = None, metric: str | None = None
                 ) -> list[Path]:
-    """Draw the plots for one or more runs (overlaid); returns the PNG paths. ``metric``: the y axis
-    (default: the first run's headline, see :func:`headline_of`)."""
+    """Draw the plots for one or more runs (overlaid); returns the PNG paths. ``metric``: the y axis (default:
+    each run's headline, see :func:`headline_of`; runs with different headlines, e.g. RL next to
+    classification, get separate plots, never one axis)."""
+    run_dirs = [Path(d) for d in run_dirs]
+    out = Path(out_dir) if out_dir else run_dirs[0]
+    out.mkdir(parents=True, exist_ok=True)
+    groups: dict[str, list[Path]] = {}
+    for d in run_dirs:
+        groups.setdefault(metric or headline_of(d, read_metrics(d)), []).append(d)
+    paths: list[Path] = []
+    for m, dirs in groups.items():
+        paths += _plots(dirs, out, m)
+    return paths
+
+
+def _plots(run_dirs: list[Path], out: Path, metric: str) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    run_dirs = [Path(d) for d in run_dirs]
-    out = Path(out_dir) if out_dir else run_dirs[0]
-    out.mkdir(parents=True, exist_ok=True)
     fig1, ax1 = plt.subplots(figsize=(6, 4))
     fig2, ax2 = plt.subplots(figsize=(6, 4))
-    metric = metric or headline_of(run_dirs[0], read_metrics(run_dirs[0]))
     for d in run_dirs:
         rounds, acc, cb, _ = _series(read_metrics(d), metric)
         label = d.name

@@ -80,6 +80,9 @@ class Recorder:
         self.rounds.append((down, list(clients), ups))
         return ups
 
+    def round_metrics(self):
+        return self.inner.round_metrics()
+
 
 def test_every_algorithm_declares_a_working_contract_config():
     assert len(NAMES) >= 12

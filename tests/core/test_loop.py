@@ -41,6 +41,9 @@ class ScriptedClients:
     def __init__(self):
         self.got = None
 
+    def round_metrics(self):
+        return {"transport": "scripted"}
+
     def run(self, rnd, down, clients):
         self.got = wire.decode(down.shared)
         pipe = ClientPipeline([], PlainEncoder())
@@ -83,6 +86,7 @@ def test_six_steps_with_scripted_clients():
     assert new.round == 1 and rec["reported_ids"] == [0, 1]
     assert rec["train_loss"] == (10 * 0.1 + 20 * 0.2) / 30
     assert rec["dropped"] == [{"client": 3, "reason": "dropout"}] and rec["test_accuracy"] == 0.5
+    assert rec["transport"] == "scripted"  # the runtime's own measurements join the record
     # bytes: every sampled client (dropouts included) received the shared message; uploads as sent
     assert rec["bytes_down"] == 4 * len(wire.encode({"w": torch.zeros(2)}, {"round": 1}))
     assert rec["bytes_up"] == sum(len(m) for _, m in clients.run(1, *_down(server, state)))
@@ -91,6 +95,17 @@ def test_six_steps_with_scripted_clients():
 def _down(server, state):
     shared = server.shared_message(state, 1)
     return server.broadcast(state, 1, shared, [0, 1, 2, 3]), [0, 1, 2]
+
+
+def test_a_client_that_does_not_reply_is_dropped():
+    class Silent(ScriptedClients):
+        def run(self, rnd, down, clients):
+            return [u for u in super().run(rnd, down, clients) if u[0] != 1]  # client 1 never answers
+
+    server, state = _server(Planner())
+    new, rec = run_round(server, Silent(), state, 1)
+    assert {"client": 1, "reason": "no reply"} in rec["dropped"] and rec["reported_ids"] == [0]
+    torch.testing.assert_close(new.params["w"], torch.full((2,), 1.0))
 
 
 def test_nothing_accepted_keeps_the_model():
