@@ -146,6 +146,26 @@ class FederatedDataset:
             raise IndexError(f"client {k} out of range: the dataset has {self.num_clients} clients")
 
 
+class SizedByArray(FederatedDataset):
+    """A dataset whose client sizes are one numpy array ``self.sizes`` (with its int64 tensor ``self._sizes_t``)
+    over ``self.n`` clients: the lazy kinds (a store, a generated population)."""
+
+    n: int
+    sizes: np.ndarray
+    _sizes_t: torch.Tensor
+
+    @property
+    def num_clients(self) -> int:
+        return self.n
+
+    @property
+    def client_sizes(self) -> torch.Tensor:
+        return self._sizes_t
+
+    def client_size(self, k: int) -> int:
+        return int(self.sizes[k])
+
+
 @runtime_checkable
 class NativeFederated(Protocol):
     """What a natively federated dataset's registry factory returns: ``federate`` gives the run's clients

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedloom.data.base import DataError, DatasetInfo, FederatedDataset, int64_sizes
+from fedloom.data.base import DataError, DatasetInfo, SizedByArray, int64_sizes
 from fedloom.registry import DATASETS
 from fedloom.rng import numpy_rng
 
@@ -39,7 +39,7 @@ class PopulationParams(BaseModel):
     eval_clients: int = Field(100, ge=1, description="clients whose held-out samples form the server's test set")
 
 
-class SyntheticPopulation(FederatedDataset):
+class SyntheticPopulation(SizedByArray):
     """``num_clients`` Synthetic(alpha, beta) clients, each generated on demand (see the module docstring).
     ``generated`` counts training-data generations per client (what a run actually touched)."""
 
@@ -61,17 +61,6 @@ class SyntheticPopulation(FederatedDataset):
             self._global = (g.normal(0, 1, (d, p.num_classes)), g.normal(0, 1, p.num_classes))
         self.source = DatasetInfo("synthetic_population", (d,), p.num_classes, self._test_set,
                                   {"generated": True, "lazy": True, "population": self.n})
-
-    @property
-    def num_clients(self) -> int:
-        return self.n
-
-    @property
-    def client_sizes(self) -> torch.Tensor:
-        return self._sizes_t
-
-    def client_size(self, k: int) -> int:
-        return int(self.sizes[k])
 
     def generate(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """All of client k's samples (held-out ones first), from (seed, k) alone."""

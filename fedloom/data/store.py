@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from fedloom.data.base import Cohort, DataError, DatasetInfo, FederatedDataset, int64_sizes
+from fedloom.data.base import Cohort, DataError, DatasetInfo, FederatedDataset, SizedByArray, int64_sizes
 from fedloom.data.datasets import DataSource, DataUnavailable
 from fedloom.data.federated import FederatedData
 from fedloom.data.partition import partition
@@ -313,7 +313,7 @@ class _Columns:
         return np.concatenate(parts) if parts else np.empty((0, *shape), dt)
 
 
-class StoreDataset(FederatedDataset):
+class StoreDataset(SizedByArray):
     """A client store opened for reading (memory-mapped); ``num_clients`` limits it to its first clients."""
 
     def __init__(self, path: str | Path, num_clients: int | None = None):
@@ -354,17 +354,6 @@ class StoreDataset(FederatedDataset):
                                   self.test_split, {**dict(m.get("info") or {}), "store": str(self.root), "lazy": True})
 
     # -- the interface ----------------------------------------------------------------------------------
-    @property
-    def num_clients(self) -> int:
-        return self.n
-
-    @property
-    def client_sizes(self) -> torch.Tensor:
-        return self._sizes_t
-
-    def client_size(self, k: int) -> int:
-        return int(self.sizes[k])
-
     def _span(self, k: int) -> tuple[int, int]:
         a = int(self.offsets[k])
         return a, a + int(self.sizes[k])
