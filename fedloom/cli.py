@@ -308,7 +308,6 @@ def main(argv: list[str] | None = None) -> int:
     sw.add_argument("--tensorboard", action="store_true", help="TensorBoard event files in every run")
     sw.add_argument("--quiet", action="store_true", help="no progress output; only the summary")
     sw.set_defaults(fn=_cmd_sweep)
-    # -- data-parallel local SGD on torch.distributed (fedloom.distributed; launch under torchrun) --
     d = sub.add_parser("deploy", help="run a config on real clients through Flower (SuperLink / SuperNodes)",
                        description="run CONFIG on a Flower federation: --local N starts one here (N SuperNodes on "
                                    "127.0.0.1, node i holds partition i), --superlink HOST:PORT uses a running one")
@@ -320,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--timeout", type=float, default=120.0, help="seconds the server waits for a round's replies")
     d.set_defaults(fn=_cmd_deploy)
     _data_parsers(sub)
+    # -- data-parallel local SGD on torch.distributed (fedloom.distributed; launch under torchrun) --
     ls = sub.add_parser("train-local-sgd", help="data-parallel (local) SGD on torch.distributed; run under torchrun",
                         description="key=value fields of fedloom.distributed.local_sgd.LocalSGDConfig, plus out=DIR")
     ls.add_argument("fields", nargs="*")

