@@ -13,7 +13,7 @@ PIP_INSTALL := $(BIN)/pip install -q --disable-pip-version-check -c constraints.
 # ($(wildcard)), so `make check` works before fedloom/core is written.
 MYPY_PATHS := fedloom/core fedloom/wire.py fedloom/rng.py fedloom/registry.py
 
-.PHONY: demo test data browser check wheel-check clean
+.PHONY: demo test data browser check wheel-check bench-quick clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -44,6 +44,13 @@ demo: $(STAMP)
 
 test: $(STAMP) data browser
 	$(BIN)/python -m pytest
+
+# Regression guard for anyone changing the engine or the loop: W1 for 20 rounds, fedloom's vectorized engine and
+# the hand-written plain vmap loop alternated 3 times in one invocation; prints the table and the ratio (>= 1.00x
+# means fedloom is at least as fast end to end). Not part of `make test`: timings are not assertions.
+bench-quick: $(STAMP) data
+	$(BIN)/python benchmarks/cross_device.py --workload w1 --rounds 20 --repeats 3 \
+	  --methods fedloom-vectorized,plain-vmap --out benchmarks/out/bench-quick.json
 
 # The `check` extra (ruff, mypy), installed once per change of pyproject.toml or constraints.txt.
 $(CHECK_STAMP): $(STAMP)

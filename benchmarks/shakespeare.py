@@ -10,6 +10,11 @@ method sees the same clients, the same training windows and the same number of s
   (``client.lr_schedule: noam``; epoch mode, so t = the round: linear warmup for ``--fed-warmup`` rounds, then
   t^-0.5 decay), scaled so that its peak equals ``--lr``
 * fedavg-lstm         -- LEAF's Shakespeare model (8-dim embedding, 2-layer LSTM of 256 units), client SGD
+* fedavg-transformer-adam -- client Adam(0.9, 0.98, 1e-9) (``client.optimizer``, issue 20) with the paper's warmup
+  over rounds (``client.lr_schedule: noam`` in epoch mode: linear for ``--fed-warmup`` rounds, then t^-0.5),
+  peak ``--client-adam-lr``; server W <- W + H. ``fedadam-transformer-adam``: the same clients, server Adam.
+  ``fedavg-lstm-adam``: the LSTM with the same client recipe (peak ``--lstm-adam-lr``). ``--persist`` keeps each
+  client's Adam state between its rounds (``client.optimizer.persist``) instead of restarting it.
 * central-transformer -- the same Transformer trained on the pooled training windows of the same clients
   with the paper's optimizer: Adam(0.9, 0.98, 1e-9) and lrate = d^-0.5 min(step^-0.5, step warmup^-1.5)
   (:func:`fedloom.models.transformer.noam_lr`), for as many steps of the same batch size as the federated
@@ -59,6 +64,7 @@ from fedloom.rng import torch_generator
 from fedloom.simulation import Simulation
 
 METHODS = ("fedavg-transformer", "fedadam-transformer", "fedavg-transformer-noam", "fedavg-lstm",
+           "fedavg-transformer-adam", "fedadam-transformer-adam", "fedavg-lstm-adam",
            "central-transformer", "central-transformer-sgd")
 
 
@@ -74,6 +80,9 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=0.2, help="client SGD lr (Transformer; also central-sgd)")
     ap.add_argument("--lstm-lr", type=float, default=1.0, help="client SGD lr (LSTM)")
     ap.add_argument("--server-adam-lr", type=float, default=0.01)
+    ap.add_argument("--client-adam-lr", type=float, default=0.005, help="*-adam methods: peak client Adam lr")
+    ap.add_argument("--lstm-adam-lr", type=float, default=0.005, help="fedavg-lstm-adam: peak client Adam lr")
+    ap.add_argument("--persist", action="store_true", help="*-adam methods: keep client Adam state between rounds")
     ap.add_argument("--d-model", type=int, default=128)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--layers", type=int, default=2)
@@ -89,10 +98,12 @@ def parse() -> argparse.Namespace:
     return ap.parse_args()
 
 
-def config(a, model: dict, server_opt, lr: float, schedule: dict | None = None) -> dict:
+def config(a, model: dict, server_opt, lr: float, schedule: dict | None = None, optimizer: dict | None = None) -> dict:
     client = {"lr": lr, "batch_size": a.batch, "epochs": a.epochs}
     if schedule:
         client["lr_schedule"] = schedule
+    if optimizer:
+        client["optimizer"] = optimizer
     return {"name": "shakespeare", "rounds": a.rounds, "cohort_size": a.cohort, "seed": a.seed, "threads": 1,
             "progress": False, "checkpoint_every": 0, "eval_every": a.eval_every, "eval_batch_size": 1024,
             "data": {"dataset": dataset_params(a), "partition": "natural", "num_clients": a.clients},
@@ -110,9 +121,9 @@ def transformer(a) -> dict:
             "per_position": True, "tie_embeddings": a.tie}
 
 
-def run_federated(a, data, model: dict, server_opt, lr: float, schedule: dict | None = None
-                  ) -> tuple[list[dict], int]:
-    sim = Simulation(validate_config(config(a, model, server_opt, lr, schedule)), data=data)
+def run_federated(a, data, model: dict, server_opt, lr: float, schedule: dict | None = None,
+                  optimizer: dict | None = None) -> tuple[list[dict], int]:
+    sim = Simulation(validate_config(config(a, model, server_opt, lr, schedule, optimizer)), data=data)
     recs = sim.run()
     steps = sum(sim.round_schedule(1).num_steps(len(data.client_indices[k])) for r in recs for k in r["reported_ids"])
     return [{k: r[k] for k in ("round", "test_accuracy", "test_loss", "train_loss", "bytes_up", "bytes_down",
@@ -178,6 +189,13 @@ def main() -> None:
             "fedavg-transformer-noam": (transformer(a), "sgd", a.lr / noam_lr(a.fed_warmup, a.d_model, a.fed_warmup),
                                         {"name": "noam", "d_model": a.d_model, "warmup": a.fed_warmup}),
             "fedavg-lstm": ({"name": "lstm", "per_position": True}, "sgd", a.lstm_lr)}
+    warm = {"name": "noam", "d_model": a.d_model, "warmup": a.fed_warmup}
+    peak = noam_lr(a.fed_warmup, a.d_model, a.fed_warmup)  # client.lr / peak: the schedule's peak is the given lr
+    adam = {"name": "adam", "betas": [0.9, 0.98], "eps": 1e-9, "persist": a.persist}
+    plan["fedavg-transformer-adam"] = (transformer(a), "sgd", a.client_adam_lr / peak, warm, adam)
+    plan["fedadam-transformer-adam"] = (transformer(a), {"name": "adam", "lr": a.server_adam_lr},
+                                        a.client_adam_lr / peak, warm, adam)
+    plan["fedavg-lstm-adam"] = ({"name": "lstm", "per_position": True}, "sgd", a.lstm_adam_lr / peak, warm, adam)
     for name in [m for m in METHODS if m in a.only and m in plan]:
         t = time.perf_counter()
         recs, steps = run_federated(a, data, *plan[name])

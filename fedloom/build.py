@@ -48,15 +48,19 @@ log = logging.getLogger("fedloom")
 class SimulatedClients:
     """Steps 3-4 in one process: every sampled client decodes the broadcast, the engine runs the cohort's local
     work (batched under vmap where it can), and each client's report goes through its client pipeline to bytes.
-    Client and pipeline states (SCAFFOLD's c_i, FD's device models, codec memory) live here, per client."""
+    Client, pipeline and optimizer states (SCAFFOLD's c_i, FD's device models, codec memory, Adam's moments under
+    ``client.optimizer.persist``) live here, per client."""
 
     def __init__(self, ctx: RunContext, algorithm: Algorithm, engine: Engine, pipeline: ClientPipeline,
-                 client_states: dict[int, Any], lr_schedule: Any = None, codec: UpdateCodec | None = None):
+                 client_states: dict[int, Any], lr_schedule: Any = None, codec: UpdateCodec | None = None,
+                 optimizer_states: dict[int, Any] | None = None):
         self.ctx, self.algorithm, self.engine, self.pipeline = ctx, algorithm, engine, pipeline
         self.client_states = client_states  # the algorithm's per-client state
+        self.optimizer_states = optimizer_states  # per-client optimizer states (client.optimizer.persist), or None
         self.pipeline_states: dict[int, dict[str, Any]] = {}  # per-client stage states (stateful stages only)
         self.lr_schedule, self.codec = lr_schedule, codec
         self.last_seconds: dict[str, float] = {}  # the last round's local work ("train") and pipeline ("encode")
+        self.last_failures: dict[int, str] = {}  # clients whose own pipeline failed in the last round (sent nothing)
 
     def schedule(self, rnd: int) -> LocalSchedule:
         """Round ``rnd``'s local schedule: the algorithm's (post-local SGD varies it), then the lr schedule."""
@@ -82,7 +86,7 @@ class SimulatedClients:
                         ctx.data, self.schedule(rnd), self.algorithm, ctx.seed, rnd, dev, task=ctx.task,
                         reparam=self.codec.reparam(rnd) if self.codec is not None else None,
                         extras={k: v for k, v in received.items() if k not in spec}, personal=personal,
-                        client_states=self.client_states)
+                        client_states=self.client_states, optimizer_states=self.optimizer_states)
         return job, meta
 
     def run(self, rnd: int, down: Broadcast, clients: Sequence[int]) -> list[tuple[int, Bytes]]:
@@ -91,15 +95,25 @@ class SimulatedClients:
         reports = self.engine.run(job)
         t1 = time.perf_counter()
         uploads: list[tuple[int, Bytes]] = []
+        self.last_failures = {}
         for rep in reports:
             rep = self.algorithm.client_finish(job, rep)
             states = self.pipeline_states.get(rep.client, {})
-            msg = self.pipeline.run(rep, states, RoundInfo(rnd, rep.client, meta))
+            try:
+                msg = self.pipeline.run(rep, states, RoundInfo(rnd, rep.client, meta))
+            except (ValueError, ArithmeticError) as e:  # e.g. a NaN update cannot be encrypted: this client only
+                log.warning("round %d: client %d could not send its update: %s", rnd, rep.client, e)
+                self.last_failures[rep.client] = str(e)
+                continue
             if states:
                 self.pipeline_states[rep.client] = states
             uploads.append((rep.client, msg))
         self.last_seconds = {"train": t1 - t0, "encode": time.perf_counter() - t1}
         return uploads
+
+    def failures(self) -> dict[int, str]:
+        """The clients of the last round whose pipeline failed (they sent nothing), with the reason."""
+        return dict(self.last_failures)
 
     def round_metrics(self) -> dict[str, Any]:
         return {}  # in one process every client replies; nothing is measured beyond the loop's own record
@@ -138,6 +152,16 @@ def _engine(cfg: RunConfig, algorithm: Algorithm, model: torch.nn.Module) -> tup
     return build_engine(cfg.engine.name, cfg.engine.params), ""
 
 
+def default_threads() -> int:
+    """The intra-op thread default: the cores this process may use that are not already busy (the 1-minute load
+    average subtracted, at least 1). With every core taken by default, a run on a machine that other jobs keep
+    busy collapses: OpenMP threads spin waiting for each other (W1 measured 200-300 s instead of ~22 s while two
+    other jobs ran). Set ``threads`` to override."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, cores - int(busy + 0.5)))
+
+
 def _aggregator(cfg: RunConfig, algorithm: Algorithm, ctx: RunContext, dp: DPFedAvg | None,
                 sa: SecureAggregation | None) -> Aggregator:
     """Step 5's rule: the algorithm's own, else the ciphertext sum, central DP, a robust rule or the weighted
@@ -152,7 +176,29 @@ def _aggregator(cfg: RunConfig, algorithm: Algorithm, ctx: RunContext, dp: DPFed
         return DPAggregator(dp)
     if cfg.aggregator.name != "mean" or cfg.aggregator.params.get("max_norm") is not None:
         return RobustAggregator(cfg.aggregator.name, cfg.aggregator.params, weighting)
-    return WeightedMean(weighting)
+    return WeightedMean(weighting, norm_guard=cfg.aggregator.params.get("norm_guard"),
+                        steps=lambda rnd, n: algorithm.local_schedule(ctx.schedule, rnd).num_steps(n))
+
+
+def _check_inputs(cfg: RunConfig, model: torch.nn.Module, src: Any, device: torch.device) -> None:
+    """One test sample through the model (eval mode, no gradient, no random draws): a model that cannot take
+    the dataset's inputs (an mlp on token ids) is a config error found before anything is written, not a
+    traceback in round 1."""
+    x = getattr(src, "test_x", None)
+    if not isinstance(x, torch.Tensor) or not len(x):
+        return
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x[:1].to(device))
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError([f"model / data.dataset: model {cfg.model.name!r} cannot take the inputs of dataset "
+                           f"{cfg.data.dataset.name!r} ({str(x.dtype).replace('torch.', '')}, shape "
+                           f"{list(x.shape[1:])}): {first}"]) from None
+    finally:
+        model.train(was_training)
 
 
 def build_run(cfg: RunConfig, *, data: Any = None, engine: Engine | None = None,
@@ -163,10 +209,10 @@ def build_run(cfg: RunConfig, *, data: Any = None, engine: Engine | None = None,
     errors = compat.check(features(cfg, secure_aggregation=sa_cfg))
     if errors:  # a run built from Python without validate_config's checks
         raise ConfigError(errors)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(cfg.threads or default_threads())
     device = torch.device(cfg.device)
     if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is available")
+        raise ConfigError(["device: cuda, but torch sees no CUDA device on this machine; use device=cpu"])
     # -- data: built, then changed by the algorithm (FAug), then poisoned by simulated attackers
     d = cfg.data
     if data is None and d.dataset.name in ENVIRONMENTS:  # not labelled data: e.g. RL environments
@@ -186,9 +232,11 @@ def build_run(cfg: RunConfig, *, data: Any = None, engine: Engine | None = None,
     # -- the model, from its own derived seed (the same initial model in every engine and runtime)
     torch.manual_seed(derive_seed(cfg.seed, "model-init"))
     model = build_model(cfg.model.name, cfg.model.params, src.input_shape, src.num_classes).to(device)
+    _check_inputs(cfg, model, src, device)
     c = cfg.client
     base = LocalSchedule(lr=c.lr, epochs=c.epochs, batch_size=c.batch_size, local_steps=c.local_steps,
-                         momentum=c.momentum, weight_decay=c.weight_decay)
+                         momentum=c.momentum, weight_decay=c.weight_decay, optimizer=c.optimizer.name,
+                         betas=tuple(c.optimizer.betas), eps=c.optimizer.eps)
     server_opt = build_server_optimizer(cfg.server_optimizer.name, cfg.server_optimizer.params)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
     client_states: dict[int, Any] = {}
@@ -199,7 +247,10 @@ def build_run(cfg: RunConfig, *, data: Any = None, engine: Engine | None = None,
     algorithm.bind(ctx)
     upload = algorithm.upload_spec(ctx.param_spec)  # what every client message must carry
     # -- the client pipeline: attack simulation -> local DP -> codecs, then the encoder (plain or Paillier)
-    dp = DPFedAvg(cfg.privacy, data.num_clients, cfg.cohort_size, cfg.seed) if cfg.privacy else None
+    planner = CohortPlanner(cfg.system, data.client_sizes, cfg.cohort_size, algorithm.local_schedule(base, 1).epochs,
+                            cfg.seed)
+    dp = (DPFedAvg(cfg.privacy, data.num_clients, cfg.cohort_size, cfg.seed, sampling_rate=planner.max_inclusion())
+          if cfg.privacy else None)
     codec = UpdateCodec([(x.name, x.params) for x in cfg.codecs], upload, cfg.seed) if cfg.codecs else None
     stages: list[ClientStage] = []
     if attack is not None:
@@ -213,13 +264,13 @@ def build_run(cfg: RunConfig, *, data: Any = None, engine: Engine | None = None,
     encoder: Encoder = SecAggEncoder(sa) if sa is not None else PlainEncoder()
     # -- the server pipeline: decode + validate each message, then one aggregator
     aggregator = _aggregator(cfg, algorithm, ctx, dp, sa)
-    planner = CohortPlanner(cfg.system, data.client_sizes, cfg.cohort_size, algorithm.local_schedule(base, 1).epochs,
-                            cfg.seed)
     settings = aggregator.round_settings if isinstance(aggregator, DPAggregator) else None
-    server = Server(ctx, algorithm, planner, ServerPipeline(stages, encoder, upload, algorithm.check_report, device),
-                    aggregator, cfg.eval_every, round_settings=settings)
+    pipeline = ServerPipeline(stages, encoder, upload, algorithm.check_report, device,
+                              max_samples=lambda k: algorithm.max_samples(ctx, k))
+    server = Server(ctx, algorithm, planner, pipeline, aggregator, cfg.eval_every, round_settings=settings)
     eng, note = (engine, "") if engine is not None else _engine(cfg, algorithm, model)
     lr_schedule = build_lr_schedule(c.lr_schedule.name, c.lr_schedule.params) if c.lr_schedule is not None else None
-    clients = SimulatedClients(ctx, algorithm, eng, ClientPipeline(stages, encoder), client_states, lr_schedule, codec)
+    clients = SimulatedClients(ctx, algorithm, eng, ClientPipeline(stages, encoder), client_states, lr_schedule, codec,
+                               optimizer_states={} if c.optimizer.persist else None)
     state = ServerState(params, server_opt.init(params), 0, algorithm.init_state(ctx))
     return Run(cfg, ctx, algorithm, server, clients, state, note, dp, sa, codec, attack, planner)

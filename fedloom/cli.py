@@ -1,8 +1,8 @@
 """fedloom command line: ``run``, ``deploy``, ``list``, ``report``, ``train-local-sgd``.
 
     fedloom run CONFIG [key=value ...] [--out DIR]
-    fedloom run --resume RUN_DIR
-    fedloom deploy CONFIG [key=value ...] --local N [--out DIR]       (or --superlink HOST:PORT)
+    fedloom run --resume RUN_DIR [--force FIELD,...]
+    fedloom deploy CONFIG [key=value ...] --local N [--secure] [--out DIR]   (or --superlink HOST:PORT)
     fedloom list
     fedloom report RUN_DIR [RUN_DIR ...] [--out DIR] [--html OUT.html]
     fedloom sweep CONFIG key=v1,v2 ... seed=0,1,2 [key=value ...] [--jobs N] [--out DIR] [--target X] [--quiet]
@@ -22,24 +22,57 @@ from pathlib import Path
 
 
 def _cmd_resume(a: argparse.Namespace) -> int:
+    from fedloom.checkpoint import CheckpointError
     from fedloom.config import ConfigError
+    from fedloom.data.base import DataError
+    from fedloom.metrics.history import MetricsError
+    from fedloom.rundir import RunDirError, claim
     from fedloom.simulation import Simulation
 
     if a.config or a.overrides or a.tensorboard:
         print("fedloom: --resume RUN_DIR takes no config, overrides or --tensorboard (the run's own config.yaml is "
               "used)", file=sys.stderr)
         return 2
+    force = [f.strip() for x in a.force or [] for f in x.split(",") if f.strip()]
     try:
-        sim = Simulation.resume(a.resume)
-    except (FileNotFoundError, ConfigError) as e:
+        lock = claim(a.resume, resume=True)
+    except RunDirError as e:
         print(f"fedloom: cannot resume: {e}", file=sys.stderr)
         return 2
-    if a.quiet:
-        sim.cfg.progress = False
-    else:
-        print(f"fedloom: resuming {a.resume} after round {sim.state.round} of {sim.cfg.rounds}", file=sys.stderr)
-    sim.run()
-    return _finish(sim, Path(a.resume), time.perf_counter())
+    try:
+        try:
+            sim = Simulation.resume(a.resume, force=force)
+        except (FileNotFoundError, ConfigError, CheckpointError, MetricsError, DataError) as e:
+            print(f"fedloom: cannot resume: {e}", file=sys.stderr)
+            return 2
+        if a.quiet:
+            sim.cfg.progress = False
+        else:
+            print(f"fedloom: resuming {a.resume} after round {sim.state.round} of {sim.cfg.rounds}", file=sys.stderr)
+        t0 = time.perf_counter()
+        if not _run_interruptible(sim, Path(a.resume)):
+            return 130
+        return _finish(sim, Path(a.resume), t0)
+    finally:
+        lock.release()
+
+
+def _run_interruptible(sim, out: Path) -> bool:
+    """``sim.run()``; on Ctrl-C a short message with the command that resumes the run (no traceback): False."""
+    from fedloom.checkpoint import NAME
+
+    try:
+        sim.run()
+        return True
+    except KeyboardInterrupt:
+        done, every = sim.state.round, sim.cfg.checkpoint_every
+        if (out / NAME).is_file():
+            hint = f"resume with: fedloom run --resume {out}"
+        else:
+            hint = (f"no checkpoint was written yet (checkpoint_every={every}), so there is nothing to resume; start "
+                    f"again with another --out")
+        print(f"\nfedloom: interrupted after round {done} of {sim.cfg.rounds}; {hint}", file=sys.stderr)
+        return False
 
 
 def _finish(sim, out: Path, t0: float) -> int:
@@ -63,6 +96,9 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     if a.resume:
         return _cmd_resume(a)
+    if a.force:
+        print("fedloom: --force FIELD goes with --resume RUN_DIR (it accepts an edited config.yaml)", file=sys.stderr)
+        return 2
     if not a.config:
         print("fedloom: run needs a CONFIG (or --resume RUN_DIR)", file=sys.stderr)
         return 2
@@ -79,28 +115,38 @@ def _cmd_run(a: argparse.Namespace) -> int:
         return 1
     from fedloom.data.base import DataError
     from fedloom.data.datasets import DataUnavailable
+    from fedloom.rundir import RunDirError, claim
     from fedloom.simulation import Simulation
 
     out = Path(a.out) if a.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out.exists() and any(out.iterdir()):
-        print(f"fedloom: output directory {out} exists and is not empty; choose another --out", file=sys.stderr)
-        return 2
     try:
-        sim = Simulation(cfg, None)  # build everything before writing anything
-    except DataUnavailable as e:
-        print(f"fedloom: {e}", file=sys.stderr)
-        return 1
-    except DataError as e:  # a damaged store file, data.* settings the dataset cannot take (named)
+        lock = claim(out)  # checked and locked before the build: a second run on the same --out is refused
+    except RunDirError as e:
         print(f"fedloom: {e}", file=sys.stderr)
         return 2
-    sim.attach_output(out)
-    engine = sim.engine.name + (f" ({sim.engine_note})" if sim.engine_note else "")
-    if not a.quiet:
-        print(f"fedloom: {cfg.algorithm.name} on {cfg.data.dataset.name} ({sim.data.num_clients} clients, "
-              f"{cfg.data.partition.name}), model {cfg.model.name}, engine {engine}; run dir {out}", file=sys.stderr)
-    t0 = time.perf_counter()
-    sim.run()
-    return _finish(sim, out, t0)
+    written = False
+    try:
+        try:
+            sim = Simulation(cfg, None)  # build everything before writing anything
+        except DataUnavailable as e:
+            print(f"fedloom: {e}", file=sys.stderr)
+            return 1
+        except (DataError, ConfigError) as e:  # a damaged file, settings the dataset or machine cannot take (named)
+            print(f"fedloom: {e}", file=sys.stderr)
+            return 2
+        written = True
+        sim.attach_output(out)
+        engine = sim.engine.name + (f" ({sim.engine_note})" if sim.engine_note else "")
+        if not a.quiet:
+            print(f"fedloom: {cfg.algorithm.name} on {cfg.data.dataset.name} ({sim.data.num_clients} clients, "
+                  f"{cfg.data.partition.name}), model {cfg.model.name}, engine {engine}; run dir {out}",
+                  file=sys.stderr)
+        t0 = time.perf_counter()
+        if not _run_interruptible(sim, out):
+            return 130
+        return _finish(sim, out, t0)
+    finally:
+        lock.release(discard=not written)
 
 
 def _default(field) -> str:
@@ -142,6 +188,16 @@ def _cmd_deploy(a: argparse.Namespace) -> int:
     if errors:
         print("fedloom: cannot deploy this config:\n" + "\n".join(f"  {e}" for e in errors), file=sys.stderr)
         return 2
+    if (a.secure and a.local is None) or (a.root_certificates and a.superlink is None):
+        print("fedloom: --secure goes with --local (a federation started here), --root-certificates with --superlink",
+              file=sys.stderr)
+        return 2
+    sa = cfg.secure_aggregation
+    if a.superlink is not None and sa is not None and sa.enabled and not sa.authority:
+        print("fedloom: secure_aggregation.authority: a deployed run's key authority is a process of its own; start "
+              "one (python -m fedloom.crypto.authority) and set secure_aggregation.authority=URL (--local starts "
+              "one itself)", file=sys.stderr)
+        return 2
     if a.local is not None and a.local < 1:
         print(f"fedloom: --local {a.local}: need at least one SuperNode", file=sys.stderr)
         return 2
@@ -164,9 +220,9 @@ def _cmd_deploy(a: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         if a.local is not None:
-            rc = deploy_local(cfg, out, a.local, timeout=a.timeout)
+            rc = deploy_local(cfg, out, a.local, timeout=a.timeout, secure=a.secure)
         else:
-            rc = deploy_remote(cfg, out, a.superlink, timeout=a.timeout)
+            rc = deploy_remote(cfg, out, a.superlink, timeout=a.timeout, root_certificates=a.root_certificates)
     except DeployError as e:
         print(f"fedloom: deploy failed: {e} (logs in {out / 'logs'})", file=sys.stderr)
         return 1
@@ -193,27 +249,48 @@ def _cmd_deploy(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
+    from fedloom.metrics.history import MetricsError, read_metrics
     from fedloom.metrics.report import make_report
 
     for d in a.run_dirs:
         if not (Path(d) / "metrics.jsonl").is_file():
             print(f"fedloom: {d} has no metrics.jsonl", file=sys.stderr)
             return 2
-    if a.html:
         try:
-            from fedloom.metrics.html import html_report, kinds_of
-        except ImportError as e:
-            print(f"fedloom: report --html needs plotly: pip install 'fedloom[tracking]' ({e})", file=sys.stderr)
-            return 1
-        kinds = kinds_of(a.run_dirs)
-        if len(kinds) > 1:
-            print("fedloom: these runs are of different kinds (" + "; ".join(f"{k}: {', '.join(v)}" for k, v in
-                  kinds.items()) + "); the report shows each kind in its own section", file=sys.stderr)
-        print(html_report(a.run_dirs, a.html))
-        if not a.out:
-            return 0
-    for p in make_report(a.run_dirs, a.out):
-        print(p)
+            records = read_metrics(d)
+        except MetricsError as e:
+            print(f"fedloom: {e}", file=sys.stderr)
+            return 2
+        if not records:
+            print(f"fedloom: {Path(d) / 'metrics.jsonl'} has no rounds recorded yet; nothing to report",
+                  file=sys.stderr)
+            return 2
+    for opt, target in (("--out", a.out), ("--html", a.html)):
+        if target and Path(target).exists() and (Path(target).is_dir() if opt == "--html" else
+                                                 not Path(target).is_dir()):
+            what = "a directory; give a file name" if opt == "--html" else "a file; give a directory"
+            print(f"fedloom: report {opt} {target} is {what}", file=sys.stderr)
+            return 2
+    try:
+        if a.html:
+            try:
+                from fedloom.metrics.html import html_report, kinds_of
+            except ImportError as e:
+                print(f"fedloom: report --html needs plotly: pip install 'fedloom[tracking]' ({e})", file=sys.stderr)
+                return 1
+            kinds = kinds_of(a.run_dirs)
+            if len(kinds) > 1:
+                print("fedloom: these runs are of different kinds (" + "; ".join(f"{k}: {', '.join(v)}" for k, v in
+                      kinds.items()) + "); the report shows each kind in its own section", file=sys.stderr)
+            print(html_report(a.run_dirs, a.html))
+            if not a.out:
+                return 0
+        for p in make_report(a.run_dirs, a.out):
+            print(p)
+    except OSError as e:  # an unwritable --out / --html
+        print(f"fedloom: cannot write the report: {e.strerror or e} ({e.filename or a.out or a.html})",
+              file=sys.stderr)
+        return 2
     return 0
 
 
@@ -254,13 +331,18 @@ def _data_parsers(sub) -> None:
     tb = kinds.add_parser("table", parents=[common, split], help="a Parquet/CSV/Arrow table with a client-id column")
     tb.add_argument("train", help="the table (.parquet, .csv, .tsv, .arrow, .feather), one row per sample")
     tb.add_argument("--client-column", required=True, help="the column naming each row's client")
-    tb.add_argument("--label-column", required=True, help="the label column (integers, or strings -> ids)")
+    tb.add_argument("--label-column", required=True, help="the label column (integers, strings -> ids, or floats)")
+    tb.add_argument("--label-type", default="auto", choices=["auto", "class", "float"],
+                    help="class ids, or float regression targets; auto: a float column with non-integer values is "
+                         "float, anything else classes")
     tb.add_argument("--features", help="comma-separated feature columns (numbers, or one list column); default: all "
                                        "other columns")
     tb.add_argument("--input-shape", help="per-row input shape, e.g. 1,28,28 (default: flat)")
     tb.add_argument("--x-dtype", default="float32", choices=["float32", "int64"], help="stored input dtype")
     tb.add_argument("--num-classes", type=int, help="number of classes (default: the largest label + 1)")
     tb.add_argument("--test", help="a table with the same feature and label columns: the test split")
+    tb.add_argument("--memory-mb", type=float, default=256,
+                    help="memory for grouping rows by client (the table is streamed; default 256)")
     pt = kinds.add_parser("partition", parents=[common], help="a run config's data section (dataset, partitioner, "
                                                               "seed) frozen into a store")
     pt.add_argument("config")
@@ -286,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("overrides", nargs="*", help="e.g. rounds=3 engine=sequential data.partition.alpha=0.1")
     r.add_argument("--out", help="run directory (default runs/NAME-TIMESTAMP)")
     r.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    r.add_argument("--force", action="append", metavar="FIELD[,FIELD]",
+                   help="with --resume: accept these edited config.yaml fields (e.g. --force client.lr)")
     r.add_argument("--tensorboard", action="store_true", help="write TensorBoard event files (tracking.tensorboard)")
     r.add_argument("--quiet", action="store_true", help="no progress bar or notes on stderr (for scripts)")
     r.set_defaults(fn=_cmd_run)
@@ -314,7 +398,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("config")
     d.add_argument("overrides", nargs="*", help="e.g. rounds=3 cohort_size=5")
     d.add_argument("--local", type=int, metavar="N", help="start a local federation of N SuperNodes")
-    d.add_argument("--superlink", metavar="HOST:PORT", help="submit to a running SuperLink (insecure connection)")
+    d.add_argument("--superlink", metavar="HOST:PORT", help="submit to a running SuperLink (TLS with "
+                                                              "--root-certificates, else an insecure connection)")
+    d.add_argument("--secure", action="store_true", help="with --local: TLS on every link (a CA and certificates "
+                                                         "made for the run) and Flower's SuperNode authentication")
+    d.add_argument("--root-certificates", metavar="CA.PEM", help="with --superlink: verify its TLS certificate")
     d.add_argument("--out", help="run directory (default runs/NAME-deploy-TIMESTAMP)")
     d.add_argument("--timeout", type=float, default=120.0, help="seconds the server waits for a round's replies")
     d.set_defaults(fn=_cmd_deploy)
@@ -330,7 +418,11 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unrecognized arguments: {' '.join(extra)}")
         a.overrides = [*a.overrides, *extra]
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return a.fn(a)
+    try:
+        return a.fn(a)
+    except KeyboardInterrupt:  # outside a run's rounds (those print how to resume): no traceback either
+        print("\nfedloom: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

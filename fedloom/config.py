@@ -8,6 +8,7 @@ model, so every error names its dotted field (``algorithm.mu``) and, for choices
 from __future__ import annotations
 
 import copy
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,15 +57,50 @@ class DataConfig(_Strict):
     num_clients: int = Field(20, ge=1, description="number of clients the training set is split into")
 
 
+class ClientOptimizerConfig(_Strict):
+    """The client's step rule (fedloom.optim, PyTorch's semantics): its name, or ``{name: ..., <param>: ...}``.
+    The learning rate, its schedule, SGD's momentum and the weight decay stay in ``client``."""
+
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="sgd (with client.momentum), adam, adamw")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw moment decay rates (beta1, beta2)")
+    eps: float = Field(1e-8, gt=0, description="adam/adamw denominator epsilon")
+    persist: bool = Field(False, description="keep each client's optimizer state between its rounds (client state, "
+                                             "checkpointed); false = restart it every round")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientOptimizerConfig:
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas {list(self.betas)}: each must be in [0, 1)")
+        defaults = {n: type(self).model_fields[n].default for n in ("betas", "eps")}
+        unused = [n for n, d in defaults.items() if getattr(self, n) != d] if self.name == "sgd" else []
+        if unused:
+            raise ValueError(f"{', '.join(unused)}: adam/adamw parameters only (name is sgd)")
+        return self
+
+
 class ClientConfig(_Strict):
     lr: float = Field(0.1, gt=0, description="client learning rate")
     epochs: int = Field(1, ge=1, description="local epochs E (ignored when local_steps is set)")
     batch_size: int | None = Field(10, ge=1, description="local batch B; null = full batch")
     local_steps: int | None = Field(None, ge=1, description="H local steps instead of epochs")
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD heavy-ball momentum (optimizer sgd only)")
+    weight_decay: float = Field(0.0, ge=0, description="L2 for sgd and adam, decoupled for adamw")
+    optimizer: ClientOptimizerConfig = Field(default_factory=ClientOptimizerConfig,
+                                             description="client optimizer: sgd, adam, adamw (fedloom.optim)")
     lr_schedule: Component | None = Field(None, description="client lr schedule (fedloom.schedules): noam, "
                                                             "step, inverse; null = constant")
+
+    @model_validator(mode="after")
+    def _momentum_is_sgds(self) -> ClientConfig:
+        if self.momentum and self.optimizer.name != "sgd":
+            raise ValueError(f"client.momentum / client.optimizer: momentum {self.momentum} is SGD's; "
+                             f"{self.optimizer.name} uses client.optimizer.betas")
+        return self
 
 
 class TrackingConfig(_Strict):
@@ -83,7 +119,8 @@ class RunConfig(_Strict):
     eval_batch_size: int = Field(4096, ge=1)
     engine: Component = Field(default_factory=lambda: Component(name="vectorized"))
     device: Literal["cpu", "cuda"] = "cpu"
-    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: all cores")
+    threads: int | None = Field(None, ge=1, description="torch intra-op threads; default: the cores not already busy "
+                                 "(cores minus the 1-minute load average, at least 1)")
     data: DataConfig = Field(default_factory=DataConfig)
     model: Component = Field(default_factory=lambda: Component(name="mlp"))
     task: Component = Field(default_factory=lambda: Component(name="classification"),
@@ -131,12 +168,61 @@ def _fmt_loc(prefix: str, loc: tuple) -> str:
     return ".".join(parts)
 
 
+def _default_names(raw: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` where a component given as a mapping without ``name`` (``aggregator: {max_norm: 10}``, or
+    the override ``aggregator.max_norm=10``) gets its default component's name."""
+    raw = copy.deepcopy(raw)
+    defaults = RunConfig()
+    for path in _COMPONENTS:
+        *parents, leaf = path.split(".")
+        node: Any = raw
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        default = _get(defaults, path)
+        if isinstance(node, dict) and isinstance(node.get(leaf), dict) and "name" not in node[leaf] and default:
+            node[leaf] = {"name": default.name, **node[leaf]}
+    return raw
+
+
+def _numeric(annotation: Any) -> str | None:
+    """"an integer" / "a number" when a field's annotation is int / float (or optional), else None."""
+    args = typing.get_args(annotation) or (annotation,)
+    if bool in args:
+        return None
+    return "an integer" if int in args else "a number" if float in args else None
+
+
+def _bool_errors(model: type[BaseModel], raw: Any, prefix: str) -> list[str]:
+    """``true``/``false`` given for an integer or number field (pydantic would read ``rounds: true`` as 1): one
+    message per such field, by dotted name, through the nested sections."""
+    if not isinstance(raw, dict):
+        return []
+    errors = []
+    for key, value in raw.items():
+        field = model.model_fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            continue
+        where = f"{prefix}{key}"
+        want = _numeric(field.annotation)
+        if isinstance(value, bool) and want:
+            errors.append(f"{where}: expected {want}, got {str(value).lower()}")
+            continue
+        for sub in typing.get_args(field.annotation) or (field.annotation,):
+            if isinstance(sub, type) and issubclass(sub, BaseModel) and sub is not Component:
+                errors += _bool_errors(sub, value, f"{where}.")
+    return errors
+
+
 def validate_config(raw: dict[str, Any]) -> RunConfig:
     """Validate a raw mapping into a :class:`RunConfig`; components' parameters are filled with defaults."""
     import fedloom.components  # noqa: F401  (register everything)
 
     if not isinstance(raw, dict):
         raise ConfigError([f"config must be a mapping, got {type(raw).__name__}"])
+    raw = _default_names(raw)
+    errors = _bool_errors(RunConfig, raw, "")
+    if errors:
+        raise ConfigError(errors)
     try:
         cfg = RunConfig.model_validate(raw)
     except ValidationError as e:
@@ -180,10 +266,14 @@ def features(cfg: RunConfig, secure_aggregation: Any = None, runtime: str = "sim
         dataset_kind="environment" if cfg.data.dataset.name in R.ENVIRONMENTS else "labelled",
         codecs=tuple(c.name for c in cfg.codecs),
         structured_codecs=tuple(c.name for c in cfg.codecs if c.name in CODECS and CODECS.get(c.name).structured),
-        secure_aggregation=bool(sa_on), privacy=cfg.privacy is not None, aggregator=cfg.aggregator.name,
+        secure_aggregation=bool(sa_on), privacy=cfg.privacy is not None,
+        dp_exact_count=cfg.privacy is not None and cfg.privacy.adaptive and cfg.privacy.mode == "central"
+        and cfg.privacy.count_noise_std == 0, sampling=cfg.system.sampling, aggregator=cfg.aggregator.name,
         max_norm=cfg.aggregator.params.get("max_norm") is not None, personalized_models=traits.personalized_models,
         averages_models=traits.averages_models, server_optimizer=so.name, server_lr=float(so.params.get("lr", 1.0)),
-        server_momentum=float(so.params.get("momentum", 0.0)), runtime=runtime)
+        server_momentum=float(so.params.get("momentum", 0.0)), runtime=runtime,
+        client_optimizer=cfg.client.optimizer.name, optimizer_persist=cfg.client.optimizer.persist,
+        client_momentum=cfg.client.momentum, sgd_only=traits.sgd_only)
 
 
 def _validate_component(path: str, comp: Component, reg: R.Registry, errors: list[str]) -> Component | None:
@@ -191,6 +281,10 @@ def _validate_component(path: str, comp: Component, reg: R.Registry, errors: lis
     or None with messages naming ``path`` appended to ``errors``."""
     if comp.name not in reg:
         errors.append(f"{path}.name: unknown {reg.kind} {comp.name!r}; allowed: {', '.join(reg.names())}")
+        return None
+    bools = _bool_errors(reg.entry(comp.name).params, comp.params, f"{path}.")
+    if bools:
+        errors += bools
         return None
     try:
         p = reg.entry(comp.name).params.model_validate(comp.params)
@@ -266,13 +360,23 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError([f"config file {str(path)!r} is a directory; give a YAML file (a run's config is "
+                           f"{str(path / 'config.yaml')!r})"])
     if not path.is_file():
         raise ConfigError([f"config file {str(path)!r} does not exist"])
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise ConfigError([f"{path}: not valid YAML: {e}"]) from None
-    if isinstance(raw, dict) and "name" not in raw:
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not a text file (a YAML config is UTF-8 text)"]) from None
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot be read: {e.strerror or e}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: a config is a mapping of fields (e.g. `rounds: 20`), got a "
+                           f"{type(raw).__name__} ({str(raw)[:40]!r})"])
+    if "name" not in raw:
         raw["name"] = path.stem
     return validate_config(apply_overrides(raw, overrides or []))
 

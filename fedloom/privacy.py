@@ -8,16 +8,22 @@ Per round, with cohort size m, clip norm S and noise multiplier z:
 * every client update is clipped to L2 norm S;
 * ``central`` mode: the (trusted) server adds N(0, (z S)^2 I) to the sum and divides by m;
   ``local`` mode: each client adds N(0, (z S)^2 I) to its own clipped update before sending;
-* adaptive clipping: S <- S * exp(-eta_c (b - gamma)), b the (noised) fraction of clients with norm <= S.
-  The count noise has std ``count_noise_std``; the accountant then uses Andrew et al.'s effective noise
-  multiplier z_eff = (z^-2 + (2 sigma_b)^-2)^(-1/2)  (Theorem 1).
+* adaptive clipping: S <- S * exp(-eta_c (b - gamma)), b the noised fraction of clients with norm <= S, estimated
+  from the centred count (Andrew et al.). The count noise has std ``count_noise_std`` (default m / 20, as the
+  paper recommends; it must be > 0 in central mode); the accountant then uses Andrew et al.'s effective noise
+  multiplier z_eff = (z^-2 + (2 sigma_b)^-2)^(-1/2)  (Theorem 1): the clip norm's privacy cost is composed in.
 
 In the round loop :class:`DPAggregator` is the server-pipeline aggregator (central clipping, noise, adaptive
 clip, accounting); in ``local`` mode :class:`LocalDPStage` clips and noises on each client, with the clip norm the
 server sends in the round's broadcast (``dp_clip``).
 
 Accounting assumption (stated, as in TF Privacy and TFF): each round is treated as Poisson subsampling with
-rate q = m / N composed with the Gaussian mechanism, although the cohort is drawn as a fixed-size sample.
+rate q composed with the Gaussian mechanism, although the cohort is drawn as a fixed-size sample. q is the
+largest probability that a client is in a round's cohort (:meth:`fedloom.system.CohortPlanner.max_inclusion`):
+m / N for uniform sampling; ceil(m (1 + over_selection)) / N with over-selection (a fast client is kept whenever
+it is sampled); with diurnal availability, the sampled count over the fewest clients on at any hour. Weighted
+sampling has no such simple bound and is refused with ``privacy`` (:mod:`fedloom.core.compat`), as is adaptive
+clipping on an exact count in central mode (``count_noise_std: 0``: the published clip norm is not private).
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ class PrivacyConfig(BaseModel):
     adaptive: bool = Field(False, description="adaptive clipping (Andrew et al. 2021)")
     target_quantile: float = Field(0.5, gt=0, lt=1, description="gamma")
     clip_lr: float = Field(0.2, gt=0, description="eta_c (geometric update)")
-    count_noise_std: float = Field(0.0, ge=0, description="sigma_b: noise on the clipped-count (adaptive)")
+    count_noise_std: float | None = Field(None, ge=0, description="sigma_b: noise on the clipped count (adaptive); "
+                                          "default cohort_size / 20 (Andrew et al.); 0 is refused in central mode")
 
 
 def local_noise(update: Params, clip: float, noise_multiplier: float, seed: int, rnd: int, client: int) -> Params:
@@ -61,15 +68,28 @@ def local_noise(update: Params, clip: float, noise_multiplier: float, seed: int,
 class DPFedAvg:
     """Clipping, noise and accounting, with explicit state (clip norm, rounds accounted)."""
 
-    def __init__(self, cfg: PrivacyConfig, num_clients: int, cohort_size: int, seed: int):
+    def __init__(self, cfg: PrivacyConfig, num_clients: int, cohort_size: int, seed: int,
+                 sampling_rate: float | None = None):
         self.cfg, self.N, self.m, self.seed = cfg, num_clients, cohort_size, seed
+        #: q, the largest per-round probability that a client's update is used (the planner's bound; m / N for
+        #: uniform sampling of the cohort)
+        self.q = min(1.0, cohort_size / num_clients) if sampling_rate is None else sampling_rate
         self.state = {"clip": cfg.clip, "rounds": 0}
 
     @property
+    def count_noise_std(self) -> float:
+        """sigma_b: the configured one, default m / 20 (Andrew et al.'s recommendation)."""
+        return self.m / 20 if self.cfg.count_noise_std is None else self.cfg.count_noise_std
+
+    @property
     def effective_noise_multiplier(self) -> float:
+        """The accountant's z: with adaptive clipping, the update (z) and the centred count (sensitivity 1/2,
+        noise sigma_b) compose into one Gaussian mechanism of z_eff = (z^-2 + (2 sigma_b)^-2)^(-1/2) (Andrew et
+        al., Theorem 1); an exact count (sigma_b = 0) has no finite bound."""
         z = self.cfg.noise_multiplier
-        if self.cfg.adaptive and self.cfg.count_noise_std > 0 and z > 0:
-            return (z**-2 + (2 * self.cfg.count_noise_std) ** -2) ** -0.5
+        if self.cfg.adaptive and self.cfg.mode == "central":
+            sb = self.count_noise_std
+            return 0.0 if sb == 0 or z == 0 else (z**-2 + (2 * sb) ** -2) ** -0.5
         return z
 
     def client_side(self, client: int, rnd: int, update: Params, clip: float | None = None) -> Params:
@@ -97,8 +117,11 @@ class DPFedAvg:
         agg = {k: v / self.m for k, v in acc.items()}
         info = {"dp_clip": S, "dp_unclipped_fraction": below / max(len(updates), 1)}
         if self.cfg.adaptive:
+            # Andrew et al.'s estimate: the centred indicators (b_i - 1/2, sensitivity 1/2) summed and noised, over
+            # the expected cohort m; equal to below / m when the whole cohort reports and sigma_b = 0
             g = torch_generator(self.seed, "dp-count", rnd)
-            b = (below + self.cfg.count_noise_std * float(torch.randn((), generator=g))) / self.m
+            centred = below - len(updates) / 2 + self.count_noise_std * float(torch.randn((), generator=g))
+            b = centred / self.m + 0.5
             self.state["clip"] = S * math.exp(-self.cfg.clip_lr * (b - self.cfg.target_quantile))
         self.state["rounds"] += 1
         info["epsilon"] = self.epsilon(self.state["rounds"])
@@ -112,7 +135,7 @@ class DPFedAvg:
         if z == 0:
             return math.inf
         acc = rdp.RdpAccountant()
-        acc.compose(dp_event.PoissonSampledDpEvent(self.m / self.N, dp_event.GaussianDpEvent(z)), rounds)
+        acc.compose(dp_event.PoissonSampledDpEvent(self.q, dp_event.GaussianDpEvent(z)), rounds)
         return float(acc.get_epsilon(self.cfg.delta))
 
 

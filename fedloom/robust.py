@@ -11,6 +11,8 @@ update. ``mean`` is the algorithm's own (weighted) aggregation; the others ignor
 * ``multi_krum``    the mean of the ``m`` updates with the best Krum scores
 * ``norm_bound`` (any aggregator) first scales each update to an L2 norm of at most ``max_norm`` (Sun et al.
   2019, "Can you really backdoor federated learning?").
+* ``mean`` without ``max_norm`` is :class:`~fedloom.core.aggregate.WeightedMean` with its ``norm_guard`` (default
+  10): updates beyond that multiple of the cohort's median norm are rejected per client.
 
 :class:`RobustAggregator` is a server-pipeline :class:`~fedloom.core.aggregate.Aggregator`; :class:`AttackStage`
 is a client-pipeline stage that makes the seeded attacker clients misbehave.
@@ -63,7 +65,13 @@ def clip_to_norm(u: Params, max_norm: float) -> tuple[Params, float]:
     return ({k: v * s for k, v in u.items()} if s < 1.0 else u), norm
 
 
-@AGGREGATORS.register("mean", _P, "the weighted mean (the algorithm's weighting: n_k or uniform)")
+class MeanParams(_P):
+    norm_guard: float | None = Field(10.0, gt=1, description="reject updates whose L2 norm exceeds this multiple of "
+                                     "the cohort's median norm (null = off; not applied with max_norm, which clips)")
+
+
+@AGGREGATORS.register("mean", MeanParams, "the weighted mean (the algorithm's weighting: n_k or uniform), with a "
+                      "norm guard")
 def mean(updates, weights, p):
     return weighted_mean(updates, weights)
 

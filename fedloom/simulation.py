@@ -11,12 +11,14 @@ Flower there.
 from __future__ import annotations
 
 import json
-import os
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedloom.atomic import write_text_atomic
 from fedloom.build import Run, build_run
 from fedloom.checkpoint import NAME as CHECKPOINT
 from fedloom.checkpoint import load as load_checkpoint
@@ -25,8 +27,67 @@ from fedloom.config import RunConfig, dump_config
 from fedloom.core.loop import ClientRuntime, run_round
 from fedloom.core.types import LocalSchedule, ServerState
 from fedloom.engine import Engine
-from fedloom.metrics.history import MetricsWriter
+from fedloom.metrics.history import MetricsError, MetricsWriter, parse_metrics
 from fedloom.metrics.tracking import Trackers, open_trackers
+
+log = logging.getLogger("fedloom")
+
+
+#: config fields that only change how a run is shown or how fast it goes, not what it computes
+VOLATILE = ("progress", "threads", "tracking")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix.rstrip("."): d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) and v else {f"{prefix}{k}": v})
+    return out
+
+
+def config_changes(stored: str | None, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
+    """(dotted field, checkpoint's value, config.yaml's value) for every field that differs between the config a
+    checkpoint stored (its YAML) and ``cfg``; fields in :data:`VOLATILE` do not count. Both sides are validated
+    by today's code first, so defaults added since the checkpoint was written are no change."""
+    import yaml
+
+    from fedloom.config import ConfigError, validate_config
+
+    if not stored:  # a checkpoint from before configs were stored: nothing to compare with
+        return []
+    try:
+        raw = yaml.safe_load(stored)
+        old = yaml.safe_load(dump_config(validate_config(raw)))
+    except (yaml.YAMLError, ConfigError):
+        old = raw if isinstance(raw, dict) else {}
+    new = yaml.safe_load(dump_config(cfg))
+    a, b = _flat({k: v for k, v in old.items() if k not in VOLATILE}), _flat(
+        {k: v for k, v in new.items() if k not in VOLATILE})
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b), key=lambda k: (k.count("."), k))
+            if a.get(k) != b.get(k)]
+
+
+def _forced(field: str, force: Sequence[str]) -> bool:
+    return any(field == f or field.startswith(f + ".") for f in force)
+
+
+def _kept_records(mpath: Path, ck_round: int) -> list[dict[str, Any]]:
+    """The metrics records of rounds 1..ck_round, which a resume keeps; a torn last line is dropped (warning).
+    Refuses (MetricsError) when any of those rounds is missing or repeated."""
+    records, torn = parse_metrics(mpath) if mpath.is_file() else ([], None)
+    if torn is not None:
+        log.warning("%s: dropping its torn last line (the run stopped while writing it; that round is redone)",
+                    mpath)
+    kept = [r for r in records if r["round"] <= ck_round]
+    rounds = [r["round"] for r in kept]
+    if rounds != list(range(1, ck_round + 1)):
+        have = f"rounds {rounds[0]}-{rounds[-1]} ({len(rounds)} records)" if rounds else "no rounds"
+        state = "holds " + have if mpath.is_file() else "is missing"
+        raise MetricsError(f"{mpath} {state}, but the checkpoint is after round {ck_round}: resuming would report "
+                           "totals without the missing rounds. Restore metrics.jsonl, or start the run again: "
+                           f"fedloom run {mpath.parent / 'config.yaml'} --out NEW_DIR")
+    return kept
 
 
 class Simulation:
@@ -88,7 +149,7 @@ class Simulation:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         if write_config:
-            (self.out_dir / "config.yaml").write_text(dump_config(self.cfg))
+            write_text_atomic(self.out_dir / "config.yaml", dump_config(self.cfg))
         self.metrics = MetricsWriter(self.out_dir / "metrics.jsonl")
         self.trackers.close()
         self.trackers = open_trackers(self.cfg, self.out_dir, resumed=not write_config)
@@ -113,23 +174,45 @@ class Simulation:
         ck = {"round": st.round, "params": st.params, "opt_state": st.opt_state, "algo_state": dict(st.algo_state),
               "dp_state": b.dp.state if b.dp is not None else None, "torch_rng": torch.get_rng_state(),
               "client_states": b.clients.client_states, "pipeline_states": b.clients.pipeline_states,
+              "optimizer_states": b.clients.optimizer_states,
               "config": dump_config(self.cfg)}
         save_atomic(ck, self.out_dir / CHECKPOINT)
 
     @classmethod
-    def resume(cls, run_dir: str | Path) -> Simulation:
-        """Continue the run in ``run_dir`` from its last checkpoint; metrics after it are dropped and redone."""
+    def resume(cls, run_dir: str | Path, force: Sequence[str] = ()) -> Simulation:
+        """Continue the run in ``run_dir`` from its last checkpoint; metrics after it are dropped and redone.
+
+        Refused (:class:`~fedloom.config.ConfigError`) when config.yaml differs from the config stored in the
+        checkpoint, unless every changed field is named in ``force`` (a section name covers its fields); refused
+        (:class:`~fedloom.metrics.history.MetricsError`) when metrics.jsonl lacks rounds the checkpoint covers (the
+        totals would be wrong). A torn last metrics line is dropped with a warning. An unreadable checkpoint
+        raises :class:`~fedloom.checkpoint.CheckpointError`."""
         from dataclasses import replace
 
-        from fedloom.config import load_config
+        from fedloom.config import ConfigError, load_config
 
         run_dir = Path(run_dir)
         if not (run_dir / CHECKPOINT).is_file():
             raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT} to resume from")
         cfg = load_config(run_dir / "config.yaml")
-        sim = cls(cfg)
         ck = load_checkpoint(run_dir / CHECKPOINT)
+        changed = [c for c in config_changes(ck.get("config"), cfg) if not _forced(c[0], force)]
+        if changed:
+            fields = ",".join(c[0] for c in changed)
+            raise ConfigError([f"{run_dir / 'config.yaml'} differs from the config its checkpoint was written with: "
+                               + "; ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changed)
+                               + f". Resuming would continue a different run: undo the edit, or resume with it "
+                               f"anyway: fedloom run --resume {run_dir} --force {fields}"])
+        mpath = run_dir / "metrics.jsonl"
+        kept = _kept_records(mpath, int(ck["round"]))
+        sim = cls(cfg)
         for k, v in ck["params"].items():
+            have = sim.state.params.get(k)
+            if have is None or have.shape != v.shape:
+                raise ConfigError([f"{run_dir / CHECKPOINT}: parameter {k!r} of shape {list(v.shape)} does not fit "
+                                   "the configured model ("
+                                   + (f"shape {list(have.shape)}" if have is not None else "no such parameter")
+                                   + "); a changed architecture cannot be resumed: start a new run"])
             sim.state.params[k].copy_(v)
         sim.state = replace(sim.state, opt_state=ck["opt_state"], algo_state=ck["algo_state"], round=ck["round"])
         clients = sim.built.clients
@@ -137,17 +220,15 @@ class Simulation:
         clients.client_states.update(ck.get("client_states") or {})
         clients.pipeline_states.clear()
         clients.pipeline_states.update(ck.get("pipeline_states") or {})
+        if clients.optimizer_states is not None:  # client.optimizer.persist
+            clients.optimizer_states.clear()
+            clients.optimizer_states.update(ck.get("optimizer_states") or {})
         if sim.built.dp is not None and ck["dp_state"] is not None:
             sim.built.dp.state = ck["dp_state"]
         torch.set_rng_state(ck["torch_rng"])
-        mpath = run_dir / "metrics.jsonl"
-        kept = [ln for ln in (mpath.read_text().splitlines() if mpath.exists() else [])
-                if ln.strip() and json.loads(ln)["round"] <= ck["round"]]
-        tmp = mpath.with_name(".metrics.jsonl.tmp")
-        tmp.write_text("".join(ln + "\n" for ln in kept))
-        os.replace(tmp, mpath)
+        write_text_atomic(mpath, "".join(json.dumps(r, allow_nan=False) + "\n" for r in kept))
         sim.attach_output(run_dir, write_config=False)
-        sim.metrics.records = [json.loads(ln) for ln in kept]
+        sim.metrics.records = kept
         return sim
 
     def run(self) -> list[dict[str, Any]]:

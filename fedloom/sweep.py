@@ -35,6 +35,7 @@ from typing import Any
 
 import yaml
 
+from fedloom.atomic import write_text_atomic
 from fedloom.config import ConfigError, RunConfig, dump_config, load_config
 
 #: config fields that may differ between a sweep's request and an existing run directory (not the experiment)
@@ -246,7 +247,7 @@ class Sweep:
     def run(self, progress: Any = None) -> list[Job]:
         """Run every job not yet done, ``self.jobs`` at a time; returns the jobs (each with rc / error)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "sweep.json").write_text(json.dumps(self.spec(), indent=1) + "\n")
+        write_text_atomic(self.out / "sweep.json", json.dumps(self.spec(), indent=1) + "\n")
         todo = deque(j for j in self.runs if j.status != "done")
         running: dict[int, tuple[Job, subprocess.Popen, Any, float]] = {}
         slots = list(range(self.jobs))
@@ -604,9 +605,9 @@ def write_outputs(sweep: Sweep, target: float | None = None) -> tuple[list[Point
 
     points, head, target, how = summarize(sweep, target)
     axes = list(sweep.axes)
-    (sweep.out / "summary.csv").write_text(to_csv(points, axes))
+    write_text_atomic(sweep.out / "summary.csv", to_csv(points, axes))
     md = to_markdown(points, head, target, how)
-    (sweep.out / "summary.md").write_text(f"# Sweep {sweep.out.name}\n\n" + md)
+    write_text_atomic(sweep.out / "summary.md", f"# Sweep {sweep.out.name}\n\n" + md)
     groups = []
     for p in points:
         runs = []

@@ -40,7 +40,8 @@ class FedNova(LocalSGDAlgorithm):
     """Wang et al. 2020, eq. (7). Local SGD as in FedAvg; the server averages d_i = Delta_i / ||a_i||_1 and
     rescales by tau_eff."""
 
-    traits = Traits(plain_mean=False)
+    traits = Traits(plain_mean=False, sgd_only="it normalizes each update by SGD's step coefficients ||a_i||_1 "
+                                              "(momentum restarted each round)")
 
     def make_aggregator(self, ctx) -> NormalizedAverage:
         return NormalizedAverage(self, ctx.schedule)

@@ -43,7 +43,6 @@ from fedloom.core.algorithm import AlgorithmParams, CustomClientAlgorithm, Trait
 from fedloom.core.types import ClientReport
 from fedloom.registry import ALGORITHMS, ENVIRONMENTS
 from fedloom.rl.environments import ClientEnvironments
-from fedloom.rl.envs import make_mixed_vector_env
 from fedloom.rl.policies import ActorCritic
 from fedloom.rl.ppo import PPOConfig, adapt_beta, ppo_update
 from fedloom.rl.rollout import Rollout, RolloutCollector, evaluate_policy
@@ -137,10 +136,14 @@ class FederatedRL(CustomClientAlgorithm):
         if isinstance(kl, bool) or not isinstance(kl, (int, float)):
             raise ValueError(f"meta 'local_kl' must be a number, got {kl!r}")
 
+    def max_samples(self, ctx, k):
+        """A client's weight is its timestep count: n_envs * n_steps per collection, local_iterations of them."""
+        return self.p.n_envs * self.p.n_steps * self.p.local_iterations
+
     def _probe_env(self):
         if "probe" not in self._eval_envs:
             dyn = self.data.heldout or [{}]  # the server's own environments (gymnasium defaults if none held out)
-            self._eval_envs["probe"] = make_mixed_vector_env(self.data.env_id, dyn)
+            self._eval_envs["probe"] = _vector_env(self.data.env_id, dyn)
         return self._eval_envs["probe"]
 
     def server_step(self, ctx, state, agg):
@@ -169,7 +172,7 @@ class FederatedRL(CustomClientAlgorithm):
             if not dyns:
                 continue
             if tag not in self._eval_envs:
-                self._eval_envs[tag] = make_mixed_vector_env(self.data.env_id, [d for d in dyns for _ in range(E)])
+                self._eval_envs[tag] = _vector_env(self.data.env_id, [d for d in dyns for _ in range(E)])
             with torch.random.fork_rng(devices=[]):
                 rets = evaluate_policy(net, self._eval_envs[tag], derive_seed(self.seed, "rl-eval", tag, state.round))
             per = rets.reshape(len(dyns), E).mean(1)
@@ -214,3 +217,10 @@ class FedTRPO(FederatedRL):
     def local_update(self, net, rollout, state, gen, alpha):
         opt = torch.optim.Adam(list(net.value_parameters()), lr=self.p.vf_lr, fused=True)
         return trpo_update(net, opt, rollout, self.p, gen)
+
+
+def _vector_env(env_id: str, dynamics: list):
+    """gymnasium (~0.3 s to import) is loaded only when an RL run builds its environments."""
+    from fedloom.rl.envs import make_mixed_vector_env
+
+    return make_mixed_vector_env(env_id, dynamics)

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 import torch
 from pydantic import Field
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from fedloom.core.aggregate import sample_weight
@@ -146,6 +145,8 @@ def unit_features(params: Params, units: HiddenUnits, layer: int) -> torch.Tenso
 def match_to(reference: Params, model: Params, units: HiddenUnits) -> tuple[Params, list[torch.Tensor]]:
     """Permute ``model``'s hidden units, layer by layer, onto ``reference`` (Hungarian matching on squared
     Euclidean distance of incoming weights). Returns the aligned model and the permutation of each layer."""
+    from scipy.optimize import linear_sum_assignment  # scipy.optimize costs ~0.4 s to import: only when matching
+
     out = dict(model)
     perms = []
     for layer in range(len(units.sizes)):

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from fedloom.core.algorithm import AlgorithmParams, LocalSGDAlgorithm
+from fedloom.core.algorithm import AlgorithmParams, LocalSGDAlgorithm, Traits
 from fedloom.core.types import ClientReport, Params
 from fedloom.registry import ALGORITHMS
 
@@ -43,6 +43,8 @@ class ScaffoldParams(AlgorithmParams):
 
 @ALGORITHMS.register("scaffold", ScaffoldParams, "SCAFFOLD: control variates correct client drift (stateful clients)")
 class Scaffold(LocalSGDAlgorithm):
+    traits = Traits(sgd_only="its option-II control variate (x - y) / (K eta_l) is SGD's average gradient")
+
     def bind(self, ctx) -> None:
         self.num_clients = ctx.num_clients
 

@@ -55,6 +55,9 @@ class Traits:
     personalized_models: bool = False
     #: the server step averages models exactly (needs server_optimizer sgd with lr 1)
     averages_models: bool = False
+    #: why the algorithm's math assumes clients run SGD restarted each round (FedNova's step coefficients,
+    #: SCAFFOLD's option-II control variate); "" = any client optimizer (``client.optimizer``) works
+    sgd_only: str = ""
 
 
 class Algorithm:
@@ -115,6 +118,13 @@ class Algorithm:
     def check_report(self, report: ClientReport) -> None:
         """Validate the algorithm's own metadata in a decoded report (raise ValueError: the client is
         rejected). Default: nothing to check."""
+
+    def max_samples(self, ctx: RunContext, k: int) -> int | None:
+        """The largest ``num_samples`` client k can honestly report (its aggregation weight): a larger claim
+        rejects the client. Default: its data size (``ctx.data.client_size(k)``: local SGD reports the samples it
+        trained on; one client's size, not the population's sizes: O(1) per report); None = no bound."""
+        size, n = getattr(ctx.data, "client_size", None), getattr(ctx.data, "num_clients", None)
+        return None if size is None or n is None or not 0 <= k < n else int(size(k))
 
     def make_aggregator(self, ctx: RunContext) -> Aggregator | None:
         """The algorithm's own aggregation rule, or None to use the run's configured one."""

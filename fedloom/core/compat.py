@@ -27,6 +27,8 @@ class Features:
     structured_codecs: tuple[str, ...] = ()
     secure_aggregation: bool = False
     privacy: bool = False
+    dp_exact_count: bool = False  # privacy.adaptive in central mode with count_noise_std 0 (an exact clipped count)
+    sampling: str = "uniform"  # system.sampling
     aggregator: str = "mean"
     max_norm: bool = False
     personalized_models: bool = False  # clients train from per-client models (hierarchical groups)
@@ -35,6 +37,15 @@ class Features:
     server_lr: float = 1.0
     server_momentum: float = 0.0
     runtime: str = "simulation"  # "simulation" (one process) or "deploy" (Flower SuperNodes)
+    client_optimizer: str = "sgd"  # client.optimizer.name
+    optimizer_persist: bool = False  # client.optimizer.persist: optimizer state kept between rounds
+    client_momentum: float = 0.0
+    sgd_only: str = ""  # why the algorithm assumes clients run SGD restarted each round ("" = it does not)
+
+    @property
+    def stateful_optimizer(self) -> bool:
+        """The clients' optimizer is not plain SGD restarted every round."""
+        return self.client_optimizer != "sgd" or (self.optimizer_persist and self.client_momentum > 0)
 
     @property
     def robust(self) -> bool:
@@ -77,6 +88,14 @@ RULES: tuple[Rule, ...] = (
          lambda f: f.privacy and not f.plain_mean,
          lambda f: f"algorithm {f.algorithm!r} aggregates its own way (structured or aligned averaging); "
                    "DP-FedAvg needs the plain weighted mean"),
+    Rule(("privacy.adaptive", "privacy.count_noise_std"),
+         lambda f: f.privacy and f.dp_exact_count,
+         lambda f: "adaptive clipping publishes a clip norm computed from the count of clipped clients; with "
+                   "count_noise_std 0 that count is exact and no epsilon bounds it (leave it unset: cohort_size / 20)"),
+    Rule(("privacy", "system.sampling"),
+         lambda f: f.privacy and f.sampling != "uniform",
+         lambda f: f"{f.sampling} sampling includes some clients more often than cohort_size / num_clients, which the "
+                   "DP accountant cannot bound; use system.sampling uniform"),
     Rule(("aggregator", "algorithm.name"),
          lambda f: f.robust and not f.plain_mean,
          lambda f: f"algorithm {f.algorithm!r} aggregates its own way (structured or aligned averaging); robust "
@@ -89,10 +108,6 @@ RULES: tuple[Rule, ...] = (
          lambda f: f"structured codecs ({', '.join(f.structured_codecs)}) restrict local SGD on a loss around one "
                    f"shared model; algorithm {f.algorithm!r} "
                    + ("runs its own client code" if f.custom_client else "trains per-client models")),
-    Rule(("secure_aggregation", "runtime"),
-         lambda f: f.runtime == "deploy" and f.secure_aggregation,
-         lambda f: "deployed secure aggregation needs the key authority's public key distributed to every node; "
-                   "not supported yet by `fedloom deploy` (run it in the simulator)"),
     Rule(("algorithm.name", "runtime"),
          lambda f: f.runtime == "deploy" and not f.uploads_model,
          lambda f: f"algorithm {f.algorithm!r} is evaluated on the devices' own models, which stay on the nodes; "
@@ -100,6 +115,24 @@ RULES: tuple[Rule, ...] = (
     Rule(("server_optimizer", "algorithm.name"),
          lambda f: f.averages_models and (f.server_optimizer != "sgd" or f.server_lr != 1.0 or f.server_momentum != 0),
          lambda f: f"algorithm {f.algorithm!r} averages models; use server_optimizer sgd with lr 1"),
+    Rule(("client.optimizer", "algorithm.name"),
+         lambda f: f.custom_client and (f.client_optimizer != "sgd" or f.optimizer_persist),
+         lambda f: f"algorithm {f.algorithm!r} runs its own client code with its own optimizer; client.optimizer "
+                   f"{f.client_optimizer}" + (" with persist" if f.optimizer_persist else "")
+                   + " applies to local SGD on a loss"),
+    Rule(("client.optimizer", "algorithm.name"),
+         lambda f: bool(f.sgd_only) and not f.custom_client and f.stateful_optimizer,
+         lambda f: f"algorithm {f.algorithm!r} needs plain client SGD restarted each round: {f.sgd_only}; got "
+                   + (f"client.optimizer {f.client_optimizer}" if f.client_optimizer != "sgd"
+                      else "momentum kept between rounds (client.optimizer.persist)")),
+    Rule(("client.optimizer", "codecs"),
+         lambda f: f.optimizer_persist and bool(f.structured_codecs),
+         lambda f: f"structured codecs ({', '.join(f.structured_codecs)}) train fresh variables each round (a new "
+                   "random basis or mask); an optimizer state kept between rounds would not match them"),
+    Rule(("client.optimizer", "runtime"),
+         lambda f: f.runtime == "deploy" and f.optimizer_persist,
+         lambda f: "client.optimizer.persist keeps optimizer state with the simulated clients; not supported yet by "
+                   "`fedloom deploy` (nodes keep only algorithm and pipeline state; run it in the simulator)"),
 )
 
 

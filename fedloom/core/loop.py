@@ -49,6 +49,10 @@ class ClientRuntime(Protocol):
         """The runtime's own measurements of the last round (e.g. transport bytes, per-client seconds)."""
         ...
 
+    # Optional: ``failures() -> Mapping[int, str]``, the clients of the last round whose own pipeline failed
+    # (e.g. a non-finite update they cannot encrypt), so they sent nothing, with the reason. The loop records
+    # them as rejected; a runtime without it reports such clients as not replying (dropped).
+
 
 class Server:
     """The server side of a round: steps 1, 2, 5 and 6. It sees clients only through their messages."""
@@ -121,6 +125,13 @@ def run_round(server: Server, clients: ClientRuntime, state: ServerState, rnd: i
     uploads = clients.run(rnd, down, plan.reporting)
     # 5. validate each message, then aggregate the accepted reports
     reports, rejected = server.receive(rnd, uploads)
+    failures_of = getattr(clients, "failures", None)  # optional (see ClientRuntime)
+    failures: dict[int, str] = dict(failures_of()) if failures_of is not None else {}
+    rejected += [{"client": k, "reason": f"failed on the client: {why}"} for k, why in sorted(failures.items())]
+    if reports and not any(r.num_samples for r in reports):  # no weight anywhere: nothing to average
+        rejected += [{"client": r.client, "reason": "reported 0 samples, as did every accepted client of the round"}
+                     for r in reports]
+        reports = []
     agg = server.aggregator.aggregate(rnd, reports, state)
     # 6. apply, evaluate, record
     state, step_metrics = server.apply(state, rnd, agg)
@@ -129,7 +140,7 @@ def run_round(server: Server, clients: ClientRuntime, state: ServerState, rnd: i
     rejected += [dict(r) for r in agg.rejected]
     replied = {k for k, _ in uploads}
     refused = {r["client"] for r in rejected} | (set(plan.reporting) - replied)
-    dropped = {**plan.dropped, **{c: "no reply" for c in plan.reporting if c not in replied}}
+    dropped = {**plan.dropped, **{c: "no reply" for c in plan.reporting if c not in replied and c not in failures}}
     rec.update(bytes_up=sum(len(m) for _, m in uploads), bytes_down=down.bytes_for(plan.sampled),
                clients=len(plan.reporting), reported=len(agg.reports), rejected=rejected,
                sampled_ids=list(plan.sampled), reported_ids=[c for c in plan.reporting if c not in refused],

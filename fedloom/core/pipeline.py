@@ -9,9 +9,9 @@ returned by :meth:`ClientStage.client`), which the runtime keeps and checkpoints
 (:mod:`fedloom.crypto.secagg`).
 
 On the server every message is untrusted input: :meth:`ServerPipeline.receive` decodes it, undoes the stages
-and validates the whole report (entries, finiteness, the claimed client id and sample count, the algorithm's
-own metadata) before anything uses it; a bad message raises :class:`~fedloom.wire.MessageError` and rejects
-that client only.
+and validates the whole report (entries, finiteness, the claimed client id, the sample count against what the
+client can have, a finite train loss, finite metadata, the algorithm's own metadata) before anything uses it;
+a bad message raises :class:`~fedloom.wire.MessageError` and rejects that client only.
 """
 
 from __future__ import annotations
@@ -120,16 +120,35 @@ def _finite(t: torch.Tensor) -> bool:
     return not t.is_floating_point() or bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
 
 
+def _non_finite(value: Any, path: str) -> str | None:
+    """The dotted path of the first non-finite float in JSON-like ``value`` (a report's metadata), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, Mapping):
+        items: Any = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for k, v in items:
+        bad = _non_finite(v, f"{path}.{k}")
+        if bad is not None:
+            return bad
+    return None
+
+
 class ServerPipeline:
     """Step 5a: decode one client's message, undo the stages in reverse, validate the whole report."""
 
     def __init__(self, stages: Sequence[ClientStage], encoder: Encoder, upload: ParamSpec,
-                 check: Callable[[ClientReport], None], device: torch.device):
+                 check: Callable[[ClientReport], None], device: torch.device,
+                 max_samples: Callable[[int], int | None] | None = None):
         self.stages = list(stages)
         self.encoder = encoder
         self.wire = ClientPipeline(stages, encoder).wire_spec(upload)
         self.check = check
         self.device = device
+        self.max_samples = max_samples  # client k's largest honest num_samples (its weight's bound); None = any
 
     def receive(self, client: int, msg: Bytes) -> ClientReport:
         """The validated report of ``client`` (raises :class:`~fedloom.wire.MessageError` on bad input)."""
@@ -142,9 +161,16 @@ class ServerPipeline:
         n = rep.num_samples
         if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n < 0 or n != int(n):
             raise wire.MessageError(f"num_samples must be a non-negative integer, got {n!r}")
+        limit = self.max_samples(client) if self.max_samples is not None else None
+        if limit is not None and n > limit:
+            raise wire.MessageError(f"num_samples {int(n)} exceeds the {limit} that client {client} can have")
         loss = rep.train_loss
-        if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))):
-            raise wire.MessageError(f"train_loss must be a number or null, got {loss!r}")
+        if loss is not None and (isinstance(loss, bool) or not isinstance(loss, (int, float))
+                                 or not math.isfinite(loss)):
+            raise wire.MessageError(f"train_loss must be a finite number or null, got {loss!r}")
+        bad = _non_finite(dict(rep.meta), "meta")
+        if bad is not None:
+            raise wire.MessageError(f"{bad} is NaN or Inf")
         try:
             self.check(rep)
         except ValueError as e:

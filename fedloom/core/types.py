@@ -28,7 +28,9 @@ def spec_of(params: Mapping[str, torch.Tensor]) -> ParamSpec:
 @dataclass(frozen=True)
 class LocalSchedule:
     """How a client runs local SGD. ``local_steps`` (Stich's H) takes precedence over ``epochs``;
-    ``batch_size=None`` means full batch; ``lr_steps`` are per-local-step learning rates (a schedule)."""
+    ``batch_size=None`` means full batch; ``lr_steps`` are per-local-step learning rates (a schedule).
+    ``optimizer`` is the client's step rule (:mod:`fedloom.optim`): ``sgd`` (with ``momentum``), ``adam`` or
+    ``adamw`` (``betas``, ``eps``); ``weight_decay`` is L2 for sgd and adam, decoupled for adamw."""
 
     lr: float
     epochs: int = 1
@@ -37,6 +39,9 @@ class LocalSchedule:
     momentum: float = 0.0
     weight_decay: float = 0.0
     lr_steps: tuple[float, ...] | None = None
+    optimizer: str = "sgd"
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
 
     def lr_at(self, s: int) -> float:
         """Learning rate of local step ``s`` (0-based) of this round."""

@@ -55,14 +55,20 @@ class SecureAggregationConfig(BaseModel):
     djn_method: Literal["table", "powmod_sec"] = Field("table", description="DJN: fixed-base table or constant-time")
     workers: int = Field(1, ge=1, description="encryption / decryption processes (shared by the simulated parties)")
     min_contributors: int = Field(1, ge=1, description="the key authority refuses sums of fewer clients")
+    authority: str | None = Field(None, description="URL of a key authority process (python -m "
+                                  "fedloom.crypto.authority): the public key comes from it and only aggregates go "
+                                  "to it; null = an in-process authority. `fedloom deploy --local` starts one")
+    authority_ca: str | None = Field(None, description="CA certificate (PEM) that verifies an https authority")
 
 
 class SecureAggregation:
-    """Client, server and key-authority sides of one simulated run (all three live in this process, but only
-    through their own objects: the :class:`Aggregator` never holds the secret key)."""
+    """Client, server and key-authority sides of one run. Simulated, all three live in this process, but only
+    through their own objects (the :class:`Aggregator` never holds the secret key); with
+    ``secure_aggregation.authority`` set (``fedloom deploy``) the key authority is another process
+    (:class:`~fedloom.crypto.authority.RemoteAuthority`) and no secret key is in this one at all."""
 
     def __init__(self, cfg: SecureAggregationConfig, expected: Mapping[str, tuple[tuple[int, ...], torch.dtype]],
-                 capacity: int, seed: int, weighting: str = "samples", authority: KeyAuthority | None = None,
+                 capacity: int, seed: int, weighting: str = "samples", authority: Any = None,
                  device: torch.device | str = "cpu"):
         self.cfg = cfg
         self.expected = dict(expected)
@@ -71,9 +77,16 @@ class SecureAggregation:
         self.seed = seed
         self.weighting = weighting
         self.device = torch.device(device)
+        if authority is None and cfg.authority:  # the key authority is another process: public key only here
+            from fedloom.crypto.authority import RemoteAuthority
+
+            authority = RemoteAuthority(cfg.authority, cfg.authority_ca)
         self.authority = authority or KeyAuthority(cfg.key_bits, min_contributors=cfg.min_contributors,
                                                    workers=cfg.workers)
         pk = self.authority.public_key
+        if pk.n_bits != cfg.key_bits:
+            raise CryptoError(f"the key authority's key has {pk.n_bits} bits, secure_aggregation.key_bits is "
+                              f"{cfg.key_bits}")
         self.public_key = pk
         self.spec = PackingSpec(pk.n_bits, cfg.value_bits, cfg.clip, capacity, cfg.stochastic_rounding)
         rspec = RandomnessSpec("djn", {"method": cfg.djn_method}) if cfg.randomness == "djn" else RandomnessSpec(

@@ -29,13 +29,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from fedloom.data.datasets import DataUnavailable
-
-
-class DataError(ValueError):
-    """Bad data input: a corrupt store file, a data config that does not fit the dataset. The message names the
-    file or the config field (``fedloom run`` and ``fedloom data`` exit with status 2)."""
-
+from fedloom.data.datasets import DataError, DataUnavailable
 
 __all__ = ["Cohort", "DataError", "DataUnavailable", "DatasetInfo", "FederatedDataset", "NativeFederated"]
 

@@ -3,6 +3,7 @@
     fedloom data import leaf TRAIN.json|DIR ... --out STORE [--test TEST.json|DIR ...] [--test-fraction F]
     fedloom data import table TABLE --out STORE --client-column C --label-column Y [--features a,b,...]
                               [--input-shape 1,28,28] [--test TABLE] [--test-fraction F]
+                              [--label-type auto|class|float] [--memory-mb 256]   (streamed: bounded memory)
     fedloom data import partition CONFIG --out STORE [key=value ...]   (the config's data section, frozen)
     fedloom data info STORE [--verify]
 
@@ -77,7 +78,8 @@ def run(a: argparse.Namespace, load_config: Callable[[str, list[str]], Any]) -> 
         elif a.kind == "table":
             feats = [c.strip() for c in a.features.split(",") if c.strip()] if a.features else None
             importers.import_table(a.train, a.out, a.client_column, a.label_column, feats, a.test, a.test_fraction,
-                                   _ints(a.input_shape), a.x_dtype, a.seed, a.name, a.num_classes)
+                                   _ints(a.input_shape), a.x_dtype, a.seed, a.name, a.num_classes, a.label_type,
+                                   a.memory_mb)
         else:  # partition: a run config's data section, exactly as `fedloom run` would build it
             try:
                 cfg = load_config(a.config, list(a.overrides))

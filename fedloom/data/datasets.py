@@ -33,6 +33,12 @@ class DataUnavailable(RuntimeError):
     """A dataset's offline source is not installed on this machine."""
 
 
+class DataError(ValueError):
+    """Bad data input: a corrupt store or dataset file, a data config that does not fit the dataset. The message
+    names the file or the config field (``fedloom run`` and ``fedloom data`` exit with status 2). Also exported
+    by :mod:`fedloom.data.base`."""
+
+
 @dataclass
 class DataSource:
     """A centralized dataset: float32 inputs, int64 labels, train and test splits."""
@@ -144,13 +150,26 @@ def load_fashion_mnist(p: BaseModel | None = None) -> DataSource:
     if not all(f.is_file() for f in files.values()):
         raise DataUnavailable(f"Fashion-MNIST is not installed (looked in {root}). Install it with:  {FASHION_INSTALL}")
 
+    def read(k: str) -> np.ndarray:
+        try:
+            return read_idx(files[k])
+        except (OSError, EOFError, ValueError, struct.error) as e:  # truncated, not gzip, not IDX
+            why = str(e).removeprefix(f"{files[k]}: ") or type(e).__name__
+            raise DataError(f"data.dataset: fashion_mnist: {files[k]} is damaged ({why}); "
+                            f"reinstall it:  apt-get install --reinstall dataset-fashion-mnist") from None
+
     def img(k: str) -> torch.Tensor:
-        return torch.from_numpy((read_idx(files[k]).astype(np.float32) / 255.0)[:, None])
+        return torch.from_numpy((read(k).astype(np.float32) / 255.0)[:, None])
 
     def lab(k: str) -> torch.Tensor:
-        return torch.from_numpy(read_idx(files[k]).astype(np.int64))
+        return torch.from_numpy(read(k).astype(np.int64))
 
-    return DataSource("fashion_mnist", img("train-images-idx3"), lab("train-labels-idx1"), img("t10k-images-idx3"), lab("t10k-labels-idx1"), 10)
+    x, y, tx, ty = img("train-images-idx3"), lab("train-labels-idx1"), img("t10k-images-idx3"), lab("t10k-labels-idx1")
+    if len(x) != len(y) or len(tx) != len(ty) or x.shape[1:] != (1, 28, 28) or tx.shape[1:] != (1, 28, 28):
+        raise DataError(f"data.dataset: fashion_mnist: the files in {root} do not fit together (images "
+                        f"{list(x.shape)} / {list(tx.shape)}, labels {len(y)} / {len(ty)}); reinstall them:  "
+                        "apt-get install --reinstall dataset-fashion-mnist")
+    return DataSource("fashion_mnist", x, y, tx, ty, 10)
 
 
 class SyntheticParams(_Params):

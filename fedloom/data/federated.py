@@ -66,5 +66,9 @@ def build_federated(dataset: str, dataset_params: dict | None, num_clients: int,
         return src.federate(num_clients, partitioner, partition_params, seed)
     if not isinstance(src, DataSource):
         raise DataError(f"data.dataset: {dataset!r} built a {type(src).__name__}, not a dataset")
-    parts = partition(src.train_y.numpy(), num_clients, partitioner, partition_params, seed, natural=src.natural_partition)
+    try:
+        parts = partition(src.train_y.numpy(), num_clients, partitioner, partition_params, seed,
+                          natural=src.natural_partition)
+    except ValueError as e:  # the data settings do not fit this dataset: a config error, named
+        raise DataError(f"{e} (dataset {dataset!r}, partition {partitioner!r})") from None
     return FederatedData(src, [torch.from_numpy(np.asarray(p, dtype=np.int64)) for p in parts])

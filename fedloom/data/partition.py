@@ -21,13 +21,26 @@ def _check(num_clients: int, n: int) -> None:
     if num_clients < 1:
         raise ValueError(f"num_clients must be >= 1, got {num_clients}")
     if num_clients > n:
-        raise ValueError(f"num_clients={num_clients} exceeds the {n} training samples")
+        raise ValueError(f"data.num_clients={num_clients} exceeds the {n} training samples (one client needs at "
+                         "least one)")
 
 
-@PARTITIONERS.register("iid", _Params, "uniformly random, near-equal shards")
-def iid(labels: np.ndarray, num_clients: int, p: _Params, rng: np.random.Generator) -> list[np.ndarray]:
+class IIDParams(_Params):
+    samples_per_client: int | None = Field(None, ge=1, description="give every client exactly this many samples "
+                                           "(a random subset of the training set); default: split all of it")
+
+
+@PARTITIONERS.register("iid", IIDParams, "uniformly random, near-equal shards")
+def iid(labels: np.ndarray, num_clients: int, p: IIDParams, rng: np.random.Generator) -> list[np.ndarray]:
     _check(num_clients, len(labels))
-    return [np.sort(a).astype(np.int64) for a in np.array_split(rng.permutation(len(labels)), num_clients)]
+    perm = rng.permutation(len(labels))
+    if p.samples_per_client is not None:
+        need = num_clients * p.samples_per_client
+        if need > len(labels):
+            raise ValueError(f"samples_per_client={p.samples_per_client} x num_clients={num_clients} = {need} "
+                             f"exceeds the {len(labels)} training samples")
+        perm = perm[:need]
+    return [np.sort(a).astype(np.int64) for a in np.array_split(perm, num_clients)]
 
 
 class DirichletParams(_Params):
@@ -65,7 +78,10 @@ class ShardParams(_Params):
 @PARTITIONERS.register("shards", ShardParams, "pathological non-IID: each client gets k label-sorted shards")
 def shards(labels: np.ndarray, num_clients: int, p: ShardParams, rng: np.random.Generator) -> list[np.ndarray]:
     n_shards = num_clients * p.shards_per_client
-    _check(n_shards, len(labels))
+    _check(num_clients, len(labels))
+    if n_shards > len(labels):
+        raise ValueError(f"data.partition.shards_per_client={p.shards_per_client} x data.num_clients={num_clients} = "
+                         f"{n_shards} shards exceeds the {len(labels)} training samples (a shard holds at least one)")
     order = np.argsort(labels, kind="stable")
     pieces = np.array_split(order, n_shards)
     assign = rng.permutation(n_shards).reshape(num_clients, p.shards_per_client)

@@ -28,6 +28,7 @@ and raises one :class:`~fedloom.data.base.DataError` naming the bad file; ``veri
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -51,6 +52,7 @@ VERSION = 1
 FILES = ("train.arrow", "clients.arrow", "test.arrow")
 PYARROW_INSTALL = "pip install 'fedloom[data]'  (pyarrow)"
 BATCH_ROWS = 1 << 16  # rows per Arrow record batch when writing
+FAULT_AROUND = 1 << 21  # a page fault maps cached pages around it: fault-around (64 KiB) or a whole large folio (<= 2 MiB)
 
 
 def _pa():
@@ -79,9 +81,15 @@ class StoreWriter:
         self._writer: Any = None
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._pending_rows = 0
-        self.ids: list[str] = []
-        self.sizes: list[int] = []
+        # client ids and sizes in chunks: lists (add_client) or arrays (add_clients: no per-client objects)
+        self._ids: list[list[str] | np.ndarray] = []
+        self._sizes: list[list[int] | np.ndarray] = []
+        self.num_clients = 0
         self.rows = 0
+        self._test_writer: Any = None
+        self._test_pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._test_pending_rows = 0
+        self.test_rows = 0
         self.x_spec: tuple[np.dtype, tuple[int, ...]] | None = None
         self.y_spec: tuple[np.dtype, tuple[int, ...]] | None = None
         self.test: tuple[np.ndarray, np.ndarray] | None = None
@@ -125,27 +133,88 @@ class StoreWriter:
         if len(x) != len(y):
             raise DataError(f"client {cid!r}: {len(x)} inputs but {len(y)} targets")
         self._seen.add(cid)
-        self.ids.append(cid)
-        self.sizes.append(len(y))
+        if not self._ids or not isinstance(self._ids[-1], list):
+            self._ids.append([])
+            self._sizes.append([])
+        self._ids[-1].append(cid)  # type: ignore[union-attr]
+        self._sizes[-1].append(len(y))  # type: ignore[union-attr]
+        self.num_clients += 1
         if len(y):  # a client without rows is listed (num_samples 0) but fixes no dtype or shape
-            x, y = self._spec("x", x, cid), self._spec("y", y, cid)
-            if y.dtype.kind in "iu":
-                self.y_max = max(self.y_max, int(y.max()))
-            self._pending.append((x, y))
-            self._pending_rows += len(y)
-            self.rows += len(y)
-            if self._pending_rows >= BATCH_ROWS:
-                self._flush()
+            self._rows(x, y, cid)
+
+    def _rows(self, x: np.ndarray, y: np.ndarray, cid: str) -> None:
+        x, y = self._spec("x", x, cid), self._spec("y", y, cid)
+        if y.dtype.kind in "iu":
+            self.y_max = max(self.y_max, int(y.max()))
+        self._pending.append((x, y))
+        self._pending_rows += len(y)
+        self.rows += len(y)
+        if self._pending_rows >= BATCH_ROWS:
+            self._flush()
+
+    def add_clients(self, client_ids: np.ndarray | Sequence[str], sizes: np.ndarray, x: np.ndarray,
+                    y: np.ndarray) -> None:
+        """Many clients at once, their rows contiguous in ``x``/``y`` (client i's are the next ``sizes[i]``).
+        The ids must be distinct and new: they are not checked (no per-client Python objects are made; the
+        importers pass ids from a sorted unique array)."""
+        ids = np.asarray(client_ids).astype(str)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        x, y = np.asarray(x), np.asarray(y)
+        if len(ids) != len(sizes) or int(sizes.sum()) != len(y) or len(x) != len(y) or (sizes < 0).any():
+            raise DataError(f"add_clients: {len(ids)} ids, {len(sizes)} sizes summing to {int(sizes.sum())}, "
+                            f"{len(x)} inputs, {len(y)} targets")
+        if self._seen:
+            raise DataError("add_clients after add_client: ids could repeat; use one of the two")
+        self._ids.append(ids)
+        self._sizes.append(sizes)
+        self.num_clients += len(ids)
+        if len(y):
+            self._rows(x, y, str(ids[int(np.flatnonzero(sizes)[0])]))
 
     def set_test(self, x: np.ndarray, y: np.ndarray) -> None:
+        """The whole test split at once (in memory; :meth:`add_test` streams it)."""
+        x, y = self._test_arrays(x, y)
+        if self._test_writer is not None or self._test_pending:
+            raise DataError("test split: set_test after add_test")
+        self.test = (x, y)
+
+    def add_test(self, x: np.ndarray, y: np.ndarray) -> None:
+        """More test rows, written as they come (after the first training rows fixed the dtypes and shapes)."""
+        x, y = self._test_arrays(x, y)
+        if self.test is not None:
+            raise DataError("test split: add_test after set_test")
+        if not len(y):
+            return
+        if self.x_spec is None or self.y_spec is None:
+            raise DataError("test split: add training rows first (they fix the dtypes and shapes)")
+        self._test_pending.append((x.astype(self.x_spec[0], copy=False), y.astype(self.y_spec[0], copy=False)))
+        self._test_pending_rows += len(y)
+        self.test_rows += len(y)
+        if self._test_pending_rows >= BATCH_ROWS:
+            self._flush_test()
+
+    def _test_arrays(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         x, y = np.asarray(x), np.asarray(y)
         if len(x) != len(y):
             raise DataError(f"test split: {len(x)} inputs but {len(y)} targets")
         if self.x_spec is not None and len(x) and tuple(x.shape[1:]) != self.x_spec[1]:
             raise DataError(f"test split: x rows have shape {tuple(x.shape[1:])}, training rows have {self.x_spec[1]}")
-        self.test = (x, y)
+        if self.y_spec is not None and len(y) and tuple(y.shape[1:]) != self.y_spec[1]:
+            raise DataError(f"test split: y rows have shape {tuple(y.shape[1:])}, training rows have {self.y_spec[1]}")
         if len(y) and y.dtype.kind in "iu":
             self.y_max = max(self.y_max, int(y.max()))
+        return x, y
+
+    def _flush_test(self) -> None:
+        if not self._test_pending:
+            return
+        if self._test_writer is None:
+            self._test_writer = self.pa.ipc.new_file(str(self.tmp / "test.arrow"), self._schema())
+        x = np.concatenate([p[0] for p in self._test_pending])
+        y = np.concatenate([p[1] for p in self._test_pending])
+        for a in range(0, len(y), BATCH_ROWS):
+            self._test_writer.write_batch(self._batch(x[a : a + BATCH_ROWS], y[a : a + BATCH_ROWS]))
+        self._test_pending, self._test_pending_rows = [], 0
 
     def _schema(self):
         pa = self.pa
@@ -177,7 +246,7 @@ class StoreWriter:
         n = len(y) if final else len(y) // BATCH_ROWS * BATCH_ROWS
         for a in range(0, n, BATCH_ROWS):
             self._writer.write_batch(self._batch(x[a : min(a + BATCH_ROWS, n)], y[a : min(a + BATCH_ROWS, n)]))
-        self._pending = [(x[n:], y[n:])] if n < len(y) else []
+        self._pending = [(x[n:].copy(), y[n:].copy())] if n < len(y) else []  # copies: free the rest
         self._pending_rows = len(y) - n
 
     # -- finishing ------------------------------------------------------------------------------------
@@ -192,21 +261,32 @@ class StoreWriter:
                 self._writer = pa.ipc.new_file(str(self.tmp / "train.arrow"), self._schema())
             self._writer.close()
             self._writer = None
-            offsets = np.concatenate([[0], np.cumsum(self.sizes, dtype=np.int64)[:-1]]).astype(np.int64)
-            clients = pa.table({"client_id": pa.array(self.ids, pa.string()),
-                                "offset": pa.array(offsets, pa.int64()),
-                                "num_samples": pa.array(np.asarray(self.sizes, dtype=np.int64), pa.int64())})
+            sizes = np.concatenate([np.asarray(c, dtype=np.int64) for c in self._sizes])
+            offsets = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)[:-1]]).astype(np.int64)
+            ids = pa.concat_arrays([pa.array(c, pa.string()) for c in self._ids])
+            clients = pa.table({"client_id": ids, "offset": pa.array(offsets, pa.int64()),
+                                "num_samples": pa.array(sizes, pa.int64())})
+            del sizes, offsets, ids
             with pa.ipc.new_file(str(self.tmp / "clients.arrow"), clients.schema) as w:
-                w.write_table(clients)
-            tx, ty = self.test if self.test is not None else (
-                np.empty((0, *self.x_spec[1]), self.x_spec[0]), np.empty((0, *self.y_spec[1]), self.y_spec[0]))
-            tx, ty = np.ascontiguousarray(tx, dtype=self.x_spec[0]), np.ascontiguousarray(ty, dtype=self.y_spec[0])
-            with pa.ipc.new_file(str(self.tmp / "test.arrow"), self._schema()) as w:
-                w.write_batch(self._batch(tx, ty))
+                w.write_table(clients, max_chunksize=1 << 20)
+            del clients
+            if self._test_writer is not None or self._test_pending:
+                self._flush_test()
+                self._test_writer.close()
+                self._test_writer = None
+                test_rows = self.test_rows
+            else:
+                tx, ty = self.test if self.test is not None else (
+                    np.empty((0, *self.x_spec[1]), self.x_spec[0]), np.empty((0, *self.y_spec[1]), self.y_spec[0]))
+                tx, ty = np.ascontiguousarray(tx, dtype=self.x_spec[0]), np.ascontiguousarray(ty, dtype=self.y_spec[0])
+                with pa.ipc.new_file(str(self.tmp / "test.arrow"), self._schema()) as w:
+                    for a in range(0, max(len(ty), 1), BATCH_ROWS):
+                        w.write_batch(self._batch(tx[a : a + BATCH_ROWS], ty[a : a + BATCH_ROWS]))
+                test_rows = len(ty)
             num_classes = self.num_classes if self.num_classes is not None else max(self.y_max + 1, 0)
             manifest = {
-                "format": FORMAT, "version": VERSION, "name": self.name, "num_clients": len(self.ids),
-                "train_rows": self.rows, "test_rows": len(ty), "num_classes": int(num_classes),
+                "format": FORMAT, "version": VERSION, "name": self.name, "num_clients": self.num_clients,
+                "train_rows": self.rows, "test_rows": test_rows, "num_classes": int(num_classes),
                 "x": {"dtype": str(self.x_spec[0]), "shape": list(self.x_spec[1])},
                 "y": {"dtype": str(self.y_spec[0]), "shape": list(self.y_spec[1])},
                 "files": {f: {"bytes": (self.tmp / f).stat().st_size, "sha256": sha256_file(self.tmp / f)} for f in FILES},
@@ -222,12 +302,13 @@ class StoreWriter:
         return self.out
 
     def abort(self) -> None:
-        if self._writer is not None:
-            try:
-                self._writer.close()
-            except Exception:  # noqa: BLE001 - cleaning up after the real error
-                pass
-            self._writer = None
+        for attr in ("_writer", "_test_writer"):
+            if getattr(self, attr) is not None:
+                try:
+                    getattr(self, attr).close()
+                except Exception:  # noqa: BLE001 - cleaning up after the real error
+                    pass
+                setattr(self, attr, None)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -265,9 +346,15 @@ class _Columns:
         pa = _pa()
         self.path = path
         try:
-            self._mmap = pa.memory_map(str(path), "r")
-            table = pa.ipc.open_file(self._mmap).read_all()
-        except (OSError, pa.ArrowException) as e:
+            # Python's mmap (not pa.memory_map) so that pages can be handed back (madvise, see release())
+            with open(path, "rb") as f:
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if os.path.getsize(path) else None
+            if self._mmap is None:
+                raise OSError("empty file")
+            if hasattr(mmap, "MADV_RANDOM"):
+                self._mmap.madvise(mmap.MADV_RANDOM)  # no read-ahead: a cohort read touches its rows' pages only
+            table = pa.ipc.open_file(pa.BufferReader(pa.py_buffer(self._mmap))).read_all()
+        except (OSError, ValueError, pa.ArrowException) as e:
             raise DataError(f"{path}: not a readable Arrow IPC file ({e}); the store is damaged, re-import it") from None
         self.specs = {c: (np.dtype(m[c]["dtype"]), tuple(int(s) for s in m[c]["shape"])) for c in ("x", "y")}
         for c, (dt, shape) in self.specs.items():
@@ -279,6 +366,7 @@ class _Columns:
         if table.num_rows != rows:
             raise DataError(f"{path}: {table.num_rows} rows, the manifest says {rows}; the store is damaged")
         self.chunks = {c: table.column(c).chunks for c in ("x", "y")}
+        self._base = pa.py_buffer(self._mmap).address
         lengths = [len(ch) for ch in self.chunks["x"]]
         self.starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
 
@@ -301,7 +389,22 @@ class _Columns:
         """Rows [a, b) of ``col`` copied into one writable array."""
         dt, shape = self.specs[col]
         parts = self.rows(col, a, b)
-        return np.concatenate(parts) if parts else np.empty((0, *shape), dt)
+        out = np.concatenate(parts) if parts else np.empty((0, *shape), dt)
+        self.release(parts)
+        return out
+
+    def release(self, views: Sequence[np.ndarray]) -> None:
+        """Unmap the pages under ``views`` (already copied): the file stays in the page cache, but the process's
+        RSS does not grow with every client a run has ever read (file-backed pages of a mapping count in it)."""
+        if not hasattr(mmap, "MADV_DONTNEED"):  # pragma: no cover - not Linux/macOS
+            return
+        page = max(mmap.PAGESIZE, FAULT_AROUND)  # the kernel maps the cached pages around a fault too
+        for v in views:
+            if not v.nbytes:
+                continue
+            lo = v.__array_interface__["data"][0] - self._base
+            a, b = lo // page * page, -(-(lo + v.nbytes) // page) * page
+            self._mmap.madvise(mmap.MADV_DONTNEED, a, min(b, len(self._mmap)) - a)
 
 
 class StoreDataset(SizedByArray):
@@ -354,22 +457,27 @@ class StoreDataset(SizedByArray):
         return torch.from_numpy(self.train.read("x", a, b)), torch.from_numpy(self.train.read("y", a, b))
 
     def cohort(self, clients: Sequence[int]) -> Cohort:
-        """The cohort's rows, copied once out of the memory map (nothing else is read)."""
-        xs: list[np.ndarray] = []
-        ys: list[np.ndarray] = []
-        rows, off, flips = [], 0, []
+        """The cohort's rows, copied once out of the memory map (nothing else is read); each client's pages are
+        handed back as soon as they are copied (see ``_Columns.release``)."""
+        (xd, xs_), (yd, ys_) = self.train.specs["x"], self.train.specs["y"]
         for k in clients:
             self._check(k)
+        total = sum(int(self.sizes[k]) for k in clients)
+        x, y = np.empty((total, *xs_), xd), np.empty((total, *ys_), yd)
+        rows, off, flips = [], 0, []
+        for k in clients:
             a, b = self._span(k)
-            xs += self.train.rows("x", a, b)
-            ys += self.train.rows("y", a, b)
+            for col, out in (("x", x), ("y", y)):
+                parts = self.train.rows(col, a, b)
+                o = off
+                for part in parts:
+                    out[o : o + len(part)] = part
+                    o += len(part)
+                self.train.release(parts)
             rows.append(torch.arange(off, off + b - a, dtype=torch.int64))
             if k in self._flipped:
                 flips.append((off, off + b - a))
             off += b - a
-        (xd, xs_), (yd, ys_) = self.train.specs["x"], self.train.specs["y"]
-        x = np.concatenate(xs) if xs else np.empty((0, *xs_), xd)
-        y = np.concatenate(ys) if ys else np.empty((0, *ys_), yd)
         for a, b in flips:
             y[a:b] = self.source.num_classes - 1 - y[a:b]
         return Cohort(torch.from_numpy(x), torch.from_numpy(y), rows)

@@ -6,7 +6,9 @@
   ``ClientRuntime`` over a Flower ``Grid``: each Flower message's payload is fedloom's own wire message, so
   codecs, Paillier and byte accounting carry over unchanged;
 * :mod:`fedloom.deploy.local` -- ``fedloom deploy --local N``: a SuperLink and N SuperNodes as processes on
-  127.0.0.1, the run submitted with ``flwr run``, every process torn down afterwards.
+  127.0.0.1 (and the key authority, :mod:`fedloom.crypto.authority`, under secure aggregation), the run submitted
+  with ``flwr run``, every process torn down afterwards; ``--secure``: TLS and SuperNode authentication with
+  credentials made for the run (:mod:`fedloom.deploy.tls`).
 
 Needs the ``deploy`` extra (``pip install 'fedloom[deploy]'``: Flower 1.42).
 """

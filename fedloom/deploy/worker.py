@@ -2,7 +2,8 @@
 
 Serves the node's ClientApp processes (:mod:`fedloom.deploy.clientapp`) over a unix socket (mode 0600, on the
 node's own machine), one request per connection, with torch imported and the run built once
-(:class:`fedloom.deploy.node.NodeRuntime`). It holds no client state between requests: the state comes with each
+(:class:`fedloom.deploy.node.NodeRuntime`; the run is built when the node is first asked which partition it holds,
+so round 1 does not wait for it). It holds no client state between requests: the state comes with each
 request from the node's Flower ``context.state`` and goes back with the reply. Ends on SIGTERM / SIGINT.
 """
 
@@ -19,6 +20,7 @@ from fedloom.deploy.frames import frame, recv_frame, send_frame, unframe
 
 def serve(path: str) -> None:
     import torch
+    import torch._dynamo  # noqa: F401  (torch.func imports it on the first grad: ~1 s that round 1 need not wait)
 
     from fedloom.deploy.node import NodeRuntime
 
@@ -41,6 +43,11 @@ def serve(path: str) -> None:
             with conn:
                 try:
                     header, blobs = unframe(recv_frame(conn))
+                    if header.get("op") == "prepare":  # build the run now (data, model, pipeline), before round 1
+                        node.check_partition(node.run_for(blobs["config"].decode()), header["partition"],
+                                             header["num_partitions"])
+                        send_frame(conn, frame({}, {}))
+                        continue
                     state = {k[len("state."):]: v for k, v in blobs.items() if k.startswith("state.")}
                     upload, new, times = node.train(blobs["config"].decode(), header["partition"],
                                                     header["num_partitions"], header["round"], header["client"],

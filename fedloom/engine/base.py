@@ -51,6 +51,10 @@ class CohortJob:
     extras: Params = field(default_factory=dict)  # broadcast entries that are not model parameters
     personal: dict[int, Params] = field(default_factory=dict)  # decoded personalized messages, per client
     client_states: dict[int, Any] = field(default_factory=dict)  # persistent per-client state (checkpointed)
+    #: per-client optimizer states kept between rounds (``client.optimizer.persist``; checkpointed): the engine
+    #: starts client k from ``optimizer_states[k]`` (fresh if absent) and stores its state after the round.
+    #: None: every client's optimizer restarts each round (the default)
+    optimizer_states: dict[int, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.task is None:

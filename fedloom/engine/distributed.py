@@ -63,15 +63,25 @@ class DistributedEngine(Engine):
         rank, world = dist.get_rank(), dist.get_world_size()
         positions = list(range(rank, len(task.clients), world))
         mine = local.run(replace(task, clients=[task.clients[i] for i in positions])) if positions else []
-        payload = [(i, _to_cpu(o)) for i, o in zip(positions, mine)]
+        kept = task.optimizer_states  # persisted optimizer states: gathered too, so every rank holds them all
+        payload = [(i, _to_cpu(o), _state_to(kept[o.client], "cpu") if kept is not None else None)
+                   for i, o in zip(positions, mine)]
         gathered: list = [None] * world
         dist.all_gather_object(gathered, payload)
         out: list[ClientReport | None] = [None] * len(task.clients)
         for part in gathered:
-            for i, o in part:
+            for i, o, st in part:
                 out[i] = replace(o, update={k: v.to(task.device) for k, v in o.update.items()})
+                if kept is not None:
+                    kept[o.client] = _state_to(st, task.device)
         return out  # type: ignore[return-value]
 
 
 def _to_cpu(o: ClientReport) -> ClientReport:
     return replace(o, update={k: v.detach().to("cpu", copy=True) for k, v in o.update.items()})
+
+
+def _state_to(state: dict, device) -> dict:
+    """An optimizer state (:mod:`fedloom.optim`) moved to ``device``."""
+    return {k: ({n: t.detach().to(device, copy=True) for n, t in v.items()} if isinstance(v, dict)
+                else v.detach().to(device, copy=True)) for k, v in state.items()}

@@ -10,22 +10,24 @@ from __future__ import annotations
 import torch
 from torch.func import grad
 
+from fedloom import optim
 from fedloom.core.algorithm import CustomClientAlgorithm, LocalSGDAlgorithm
 from fedloom.core.types import ClientReport
 from fedloom.engine.base import CohortJob, Engine, client_objective, client_start, make_forward
-from fedloom.optim import sgd_step_
 from fedloom.registry import ENGINES
 
 
 def local_sgd(task: CohortJob, k: int) -> ClientReport:
-    """Client k's local SGD on the algorithm's functional loss, starting from the broadcast model."""
+    """Client k's local training on the algorithm's functional loss, starting from the broadcast model, with the
+    schedule's optimizer (:mod:`fedloom.optim`; its state restarted, or kept in ``task.optimizer_states``)."""
     alg, sched = task.algorithm, task.schedule
     assert isinstance(alg, LocalSGDAlgorithm)
     forward = make_forward(task.model, task.buffers)
     ctx = {**alg.loss_context(task.params), **alg.client_inputs(task, k)}
     z0, consts = client_start(task, k)
     params = {n: p.detach().clone() for n, p in z0.items()}
-    bufs = {n: torch.zeros_like(p) for n, p in params.items()} if sched.momentum else None
+    kept = task.optimizer_states.get(k) if task.optimizer_states is not None else None
+    state = optim.clone_state(kept) if kept is not None else optim.init_state(params, sched)
     gfn = grad(client_objective(task, forward, ctx), has_aux=True)
     cohort = task.data.cohort([k])  # client k's rows (in memory: a view of the training set)
     idx, x_all, y_all = cohort.rows[0], cohort.x, cohort.y
@@ -37,9 +39,11 @@ def local_sgd(task: CohortJob, k: int) -> ClientReport:
         y = y_all[g_idx].to(task.device, non_blocking=True)
         w = torch.ones(len(b), device=task.device)
         grads, (lw, sw) = gfn(params, consts, x, y, w)
-        sgd_step_(params, grads, bufs, sched, lr=sched.lr_at(s))
+        optim.step_(params, grads, state, sched, lr=sched.lr_at(s))
         lw_sum += lw
         w_sum += sw
+    if task.optimizer_states is not None:
+        task.optimizer_states[k] = state
     update = {n: params[n] - z0[n] for n in params}
     loss = float(lw_sum / w_sum.clamp_min(1.0))
     return ClientReport(k, update, len(idx), loss, alg.client_meta(task, k))

@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedloom.atomic import write_text_atomic
+
 NAME = "environment.json"
 
 
@@ -75,7 +77,5 @@ def record_environment(run_dir: str | Path, resumed: bool = False) -> dict[str, 
         if isinstance(old, dict):
             old.setdefault("resumed", []).append(env)
             env = old
-    tmp = path.with_name(f".{NAME}.tmp")
-    tmp.write_text(json.dumps(env, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(env, indent=1) + "\n")
     return env

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from fedloom.atomic import write_text_atomic
 from fedloom.metrics.runs import RunData, config_diff, interval, kind_of, label_of
 
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
@@ -431,10 +432,7 @@ def render(groups: list[Group], title: str, *, intro: str = "", extra: str = "",
 def write(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, text)
 
 
 def html_report(run_dirs: list[str | Path], out: str | Path, title: str | None = None) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedloom.atomic import write_atomic
 from fedloom.metrics.history import read_metrics
 
 
@@ -28,6 +29,19 @@ def headline_of(run_dir: Path, records: list[dict]) -> str:
         return head or "test_accuracy"
     except (OSError, KeyError, TypeError, ValueError):
         return "test_accuracy"
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Legend labels: each run's directory name, extended by its parent directories (``a/run``, ``b/run``) as
+    far as needed to tell runs of the same name apart."""
+    parts = [Path(d).resolve().parts for d in run_dirs]
+    labels = []
+    for i, p in enumerate(parts):
+        n = 1
+        while n < len(p) and any(q[-n:] == p[-n:] for j, q in enumerate(parts) if j != i and q != p):
+            n += 1
+        labels.append("/".join(p[-n:]))
+    return labels
 
 
 def _series(records, metric: str = "test_accuracy"):
@@ -69,9 +83,8 @@ def _plots(run_dirs: list[Path], out: Path, metric: str) -> list[Path]:
 
     fig1, ax1 = plt.subplots(figsize=(6, 4))
     fig2, ax2 = plt.subplots(figsize=(6, 4))
-    for d in run_dirs:
+    for d, label in zip(run_dirs, run_labels(run_dirs)):
         rounds, acc, cb, _ = _series(read_metrics(d), metric)
-        label = d.name
         ax1.plot(rounds, acc, marker=".", label=label)
         ax2.plot([b / 1e6 for b in cb], acc, marker=".", label=label)
     label = "test accuracy" if metric == "test_accuracy" else metric.replace("_", " ")
@@ -84,7 +97,7 @@ def _plots(run_dirs: list[Path], out: Path, metric: str) -> list[Path]:
         if len(run_dirs) > 1:
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        write_atomic(out / name, lambda f, fig=fig: fig.savefig(f, format="png", dpi=110))
         plt.close(fig)
         paths.append(out / name)
     return paths

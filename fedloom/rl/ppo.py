@@ -29,17 +29,19 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
-from gymnasium.vector import VectorEnv
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from torch import nn
 from torch.distributions import kl_divergence
 
 from fedloom.rl.policies import ActorCritic
 from fedloom.rl.rollout import Rollout, RolloutCollector
+
+if TYPE_CHECKING:  # gymnasium is imported by the environments that need it, not by the library
+    from gymnasium.vector import VectorEnv
 
 
 class PPOConfig(BaseModel):

@@ -12,13 +12,16 @@ that of the unclipped sample).
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from gymnasium.vector import VectorEnv
 
 from fedloom.rl.gae import gae
 from fedloom.rl.policies import ActorCritic
+
+if TYPE_CHECKING:  # gymnasium is imported by the environments that need it, not by the library
+    from gymnasium.vector import VectorEnv
 
 
 @dataclass

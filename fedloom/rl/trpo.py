@@ -29,9 +29,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-from gymnasium.vector import VectorEnv
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch.distributions import kl_divergence
@@ -40,6 +40,9 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from fedloom.rl.policies import ActorCritic
 from fedloom.rl.ppo import make_policy
 from fedloom.rl.rollout import Rollout, RolloutCollector
+
+if TYPE_CHECKING:  # gymnasium is imported by the environments that need it, not by the library
+    from gymnasium.vector import VectorEnv
 
 
 class TRPOConfig(BaseModel):

@@ -20,6 +20,9 @@ CASES = [
     (dict(algorithm="fedavg", privacy=True, aggregator="median"), "privacy / aggregator", "median"),
     (dict(algorithm="fedavg", privacy=True, max_norm=True), "privacy / aggregator", "DP clips already"),
     (dict(algorithm="heterofl", privacy=True, plain_mean=False), "privacy / algorithm.name", "plain weighted mean"),
+    (dict(algorithm="fedavg", privacy=True, dp_exact_count=True), "privacy.adaptive / privacy.count_noise_std",
+     "no epsilon bounds it"),
+    (dict(algorithm="fedavg", privacy=True, sampling="weighted"), "privacy / system.sampling", "cannot bound"),
     (dict(algorithm="matched_avg", aggregator="median", plain_mean=False), "aggregator / algorithm.name",
      "robust rules"),
     (dict(algorithm="fd", codecs=("quantize",), uploads_model=False, plain_mean=False), "codecs / algorithm.name",
@@ -28,14 +31,20 @@ CASES = [
           algorithm_data="environment", dataset_kind="environment"), "codecs / algorithm.name", "own client code"),
     (dict(algorithm="hierarchical", codecs=("mask",), structured_codecs=("mask",), personalized_models=True,
           plain_mean=False), "codecs / algorithm.name", "per-client models"),
-    (dict(algorithm="fedavg", secure_aggregation=True, runtime="deploy"), "secure_aggregation / runtime",
-     "key authority"),
     (dict(algorithm="fd", uploads_model=False, plain_mean=False, runtime="deploy"), "algorithm.name / runtime",
      "devices' own models"),
     (dict(algorithm="hierarchical", averages_models=True, plain_mean=False, server_optimizer="adam"),
      "server_optimizer / algorithm.name", "sgd with lr 1"),
     (dict(algorithm="hierarchical", averages_models=True, plain_mean=False, server_lr=0.5),
      "server_optimizer / algorithm.name", "sgd with lr 1"),
+    (dict(algorithm="fd", custom_client=True, uploads_model=False, plain_mean=False, client_optimizer="adam"),
+     "client.optimizer / algorithm.name", "own client code"),
+    (dict(algorithm="fednova", plain_mean=False, sgd_only="SGD's step coefficients", client_optimizer="adamw"),
+     "client.optimizer / algorithm.name", "plain client SGD restarted each round"),
+    (dict(algorithm="fedavg", optimizer_persist=True, codecs=("mask",), structured_codecs=("mask",)),
+     "client.optimizer / codecs", "fresh variables"),
+    (dict(algorithm="fedavg", optimizer_persist=True, runtime="deploy"), "client.optimizer / runtime",
+     "not supported yet"),
 ]
 
 
@@ -56,6 +65,7 @@ def test_every_rule_has_a_case():
 @pytest.mark.parametrize("kw", [
     dict(algorithm="fedavg"),
     dict(algorithm="fedavg", secure_aggregation=True),
+    dict(algorithm="fedavg", secure_aggregation=True, runtime="deploy"),  # the key authority is its own process
     dict(algorithm="fedavg", privacy=True),
     dict(algorithm="fedavg", aggregator="krum", max_norm=True),
     dict(algorithm="fedavg", codecs=("lowrank", "quantize"), structured_codecs=("lowrank",)),

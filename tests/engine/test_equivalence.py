@@ -19,9 +19,11 @@ def _rel(a, b):
 
 CASES = {
     "fedavg-mlp-unequal-sizes": dict(rounds=4),
+    # conv models on a CPU train client by client by default (cpu_conv=loop); these check the vmap path itself
     "fedavg-cnn-momentum": {"model": dict(name="cnn", channels=[4, 8], hidden=16), "client.momentum": 0.9,
-                            "client.batch_size": 32},
-    "fedavg-cnn-groupnorm": {"model": dict(name="cnn", channels=[4, 8], hidden=16, norm="group", groups=2)},
+                            "client.batch_size": 32, "engine": dict(name="vectorized", cpu_conv="vmap")},
+    "fedavg-cnn-groupnorm": {"model": dict(name="cnn", channels=[4, 8], hidden=16, norm="group", groups=2),
+                             "engine": dict(name="vectorized", cpu_conv="vmap")},
     "fedprox": {"algorithm": dict(name="fedprox", mu=0.5), "client.epochs": 2},
     "localsgd-H7": {"algorithm": dict(name="localsgd", local_steps=7), "client.batch_size": 8},
     "fedsgd-adam": {"algorithm": "fedsgd", "server_optimizer": dict(name="adam", lr=0.05), "rounds": 5},
