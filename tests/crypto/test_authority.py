@@ -5,7 +5,6 @@ model as a run whose authority is in-process."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import signal
@@ -26,6 +25,7 @@ from fedloom.crypto.packing import PackingSpec
 from fedloom.crypto.paillier import CryptoError, PrivateKey
 from fedloom.crypto.protocol import Aggregator, Client, KeyAuthority
 from fedloom.simulation import Simulation
+from tests.crypto.conftest import reachable
 
 
 def _free_port() -> int:
@@ -86,20 +86,6 @@ def test_remote_authority_decrypts_only_aggregates(authority):
     assert audit[0]["contributors"] == [0, 1, 2]
 
 
-def _reachable(root):
-    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType,
-            types.MethodType, types.FrameType)
-    seen, stack, out = set(), [root], []
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, skip):
-            continue
-        seen.add(id(o))
-        out.append(o)
-        stack.extend(gc.get_referents(o))
-    return out
-
-
 def _cfg(**sa):
     return validate_config({
         "seed": 3, "rounds": 2, "cohort_size": 4, "progress": False, "threads": 1, "engine": "sequential",
@@ -118,10 +104,10 @@ def test_a_run_with_a_remote_authority_holds_no_secret_key(authority, monkeypatc
     assert [r["reported"] for r in rr] == [4, 4]
     for k in remote.state.params:  # the same decrypted means: the same model
         torch.testing.assert_close(remote.state.params[k], local.state.params[k], rtol=0, atol=1e-6)
-    objs = _reachable(remote)
+    objs = reachable(remote)
     assert any(isinstance(o, RemoteAuthority) for o in objs)
     assert not any(isinstance(o, (PrivateKey, KeyAuthority)) for o in objs)
-    assert any(isinstance(o, PrivateKey) for o in _reachable(local))  # the walk does find an in-process key
+    assert any(isinstance(o, PrivateKey) for o in reachable(local))  # the walk does find an in-process key
     n = int(remote.built.secagg.public_key.n)
     assert not any(isinstance(o, (int, type(mpz(0)))) and not isinstance(o, bool) and 1 < int(o) < n and n % int(o) == 0
                    for o in objs)  # no factor of n anywhere

@@ -1,10 +1,8 @@
 """Protocol roles: sums with dropouts, the aggregator holds no secret key, bad messages are rejected with the
 client named while the aggregation continues."""
 
-import gc
 import json
 import struct
-import types
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from gmpy2 import mpz
 from fedloom.crypto.packing import PackingSpec
 from fedloom.crypto.paillier import CryptoError, PrivateKey
 from fedloom.crypto.protocol import Aggregator, BadMessage, Client, EncryptedSum, KeyAuthority
+from tests.crypto.conftest import reachable
 
 
 @pytest.fixture(scope="module")
@@ -73,27 +72,12 @@ def test_key_authority_minimum_and_key_checks(setup, keypair1024):
     assert [m for m in dir(ka) if "decrypt" in m] == ["decrypt_sum"]
 
 
-def _reachable(root):
-    """Every object reachable from ``root`` through instance data (not through classes, modules or code)."""
-    skip = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType, types.CodeType,
-            types.MethodType)
-    seen, stack, out = set(), [root], []
-    while stack:
-        o = stack.pop()
-        if id(o) in seen or isinstance(o, skip):
-            continue
-        seen.add(id(o))
-        out.append(o)
-        stack.extend(gc.get_referents(o))
-    return out
-
-
 def test_aggregator_holds_no_secret(setup):
     ka, spec, length, _xs, msgs = setup
     sk = ka._sk
     agg = Aggregator(ka.public_key, spec, length)
     agg.aggregate(msgs)
-    objs = _reachable(agg)
+    objs = reachable(agg)
     ids = {id(o) for o in objs}  # the walk did go through the public key and the ciphertext accumulator
     assert id(agg.public_key) in ids and all(id(c) in ids for c in agg._acc)
     secrets_ = {int(sk.p), int(sk.q), int(sk.p - 1), int(sk.q - 1), int((sk.p - 1) * (sk.q - 1))}
@@ -103,7 +87,7 @@ def test_aggregator_holds_no_secret(setup):
             assert int(o) not in secrets_
     assert not any("decrypt" in m for m in dir(agg))
     # sanity: the same walk from the key authority does find the private key
-    assert any(isinstance(o, PrivateKey) for o in _reachable(ka))
+    assert any(isinstance(o, PrivateKey) for o in reachable(ka))
 
 
 def _reframe(msg, **changes):
