@@ -132,8 +132,8 @@ def _ray_leftovers() -> list[int]:
                     cmd = f.read().replace(b"\0", b" ")
             except OSError:
                 continue
-            if cmd.startswith((b"ray::", b"/")) and (b"ray::" in cmd[:8] or b"/ray/core/src/ray/" in cmd
-                                                   or b"raylet" in cmd or b"gcs_server" in cmd):
+            daemon = cmd.startswith(b"/") and any(k in cmd for k in (b"/ray/core/src/ray/", b"raylet", b"gcs_server"))
+            if cmd.startswith(b"ray::") or daemon:  # an actor / worker, or one of Ray's daemons
                 pids.append(int(d))
     return pids
 

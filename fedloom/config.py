@@ -22,6 +22,10 @@ from fedloom.privacy import PrivacyConfig
 from fedloom.robust import AGGREGATORS, ATTACKS
 from fedloom.system import SystemConfig
 
+#: config fields that only change how a run is shown or how fast it goes, not what it computes: a resume and a
+#: sweep compare configs without them
+VOLATILE = ("progress", "threads", "tracking")
+
 
 class ConfigError(ValueError):
     """An invalid run configuration; ``errors`` holds one message per bad field."""

@@ -23,7 +23,7 @@ from fedloom.build import Run, build_run
 from fedloom.checkpoint import NAME as CHECKPOINT
 from fedloom.checkpoint import load as load_checkpoint
 from fedloom.checkpoint import save_atomic
-from fedloom.config import RunConfig, dump_config
+from fedloom.config import VOLATILE, RunConfig, dump_config
 from fedloom.core.loop import ClientRuntime, run_round
 from fedloom.core.types import LocalSchedule, ServerState
 from fedloom.engine import Engine
@@ -31,10 +31,6 @@ from fedloom.metrics.history import MetricsError, MetricsWriter, parse_metrics
 from fedloom.metrics.tracking import Trackers, open_trackers
 
 log = logging.getLogger("fedloom")
-
-
-#: config fields that only change how a run is shown or how fast it goes, not what it computes
-VOLATILE = ("progress", "threads", "tracking")
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -48,7 +44,7 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def config_changes(stored: str | None, cfg: RunConfig) -> list[tuple[str, Any, Any]]:
     """(dotted field, checkpoint's value, config.yaml's value) for every field that differs between the config a
-    checkpoint stored (its YAML) and ``cfg``; fields in :data:`VOLATILE` do not count. Both sides are validated
+    checkpoint stored (its YAML) and ``cfg``; fields in :data:`fedloom.config.VOLATILE` do not count. Both sides are validated
     by today's code first, so defaults added since the checkpoint was written are no change."""
     import yaml
 

@@ -36,10 +36,7 @@ from typing import Any
 import yaml
 
 from fedloom.atomic import write_text_atomic
-from fedloom.config import ConfigError, RunConfig, dump_config, load_config
-
-#: config fields that may differ between a sweep's request and an existing run directory (not the experiment)
-VOLATILE = ("threads", "progress", "tracking")
+from fedloom.config import VOLATILE, ConfigError, RunConfig, dump_config, load_config
 
 
 class SweepError(ValueError):

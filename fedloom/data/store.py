@@ -212,8 +212,7 @@ class StoreWriter:
             self._test_writer = self.pa.ipc.new_file(str(self.tmp / "test.arrow"), self._schema())
         x = np.concatenate([p[0] for p in self._test_pending])
         y = np.concatenate([p[1] for p in self._test_pending])
-        for a in range(0, len(y), BATCH_ROWS):
-            self._test_writer.write_batch(self._batch(x[a : a + BATCH_ROWS], y[a : a + BATCH_ROWS]))
+        self._write_rows(self._test_writer, x, y, len(y))
         self._test_pending, self._test_pending_rows = [], 0
 
     def _schema(self):
@@ -234,6 +233,12 @@ class StoreWriter:
                 cols.append(pa.array(a))
         return pa.record_batch(cols, schema=self._schema())
 
+    def _write_rows(self, writer, x: np.ndarray, y: np.ndarray, stop: int) -> None:
+        """Rows [0, stop) of (x, y) to ``writer`` as record batches of at most BATCH_ROWS rows."""
+        for a in range(0, stop, BATCH_ROWS):
+            b = min(a + BATCH_ROWS, stop)
+            writer.write_batch(self._batch(x[a:b], y[a:b]))
+
     def _flush(self, final: bool = False) -> None:
         """Write the pending rows as record batches of BATCH_ROWS rows (a client may straddle two); the
         remainder waits for more rows unless ``final``."""
@@ -244,8 +249,7 @@ class StoreWriter:
         x = np.concatenate([p[0] for p in self._pending])
         y = np.concatenate([p[1] for p in self._pending])
         n = len(y) if final else len(y) // BATCH_ROWS * BATCH_ROWS
-        for a in range(0, n, BATCH_ROWS):
-            self._writer.write_batch(self._batch(x[a : min(a + BATCH_ROWS, n)], y[a : min(a + BATCH_ROWS, n)]))
+        self._write_rows(self._writer, x, y, n)
         self._pending = [(x[n:].copy(), y[n:].copy())] if n < len(y) else []  # copies: free the rest
         self._pending_rows = len(y) - n
 
@@ -280,8 +284,7 @@ class StoreWriter:
                     np.empty((0, *self.x_spec[1]), self.x_spec[0]), np.empty((0, *self.y_spec[1]), self.y_spec[0]))
                 tx, ty = np.ascontiguousarray(tx, dtype=self.x_spec[0]), np.ascontiguousarray(ty, dtype=self.y_spec[0])
                 with pa.ipc.new_file(str(self.tmp / "test.arrow"), self._schema()) as w:
-                    for a in range(0, max(len(ty), 1), BATCH_ROWS):
-                        w.write_batch(self._batch(tx[a : a + BATCH_ROWS], ty[a : a + BATCH_ROWS]))
+                    self._write_rows(w, tx, ty, max(len(ty), 1))  # at least one (maybe empty) batch
                 test_rows = len(ty)
             num_classes = self.num_classes if self.num_classes is not None else max(self.y_max + 1, 0)
             manifest = {

@@ -133,13 +133,16 @@ class VectorizedEngine(Engine):
         if kept is not None:
             for c, k in enumerate(clients):
                 kept[k] = optim.unstack_state(opt, c)
-        outs = []
         for n in params:  # updates in place: params becomes z - z0, sliced per client without copies
             params[n].sub_(z0[n])
-        for c, k in enumerate(clients):
-            upd = {n: params[n][c] for n in params}
-            outs.append(ClientReport(k, upd, len(cohort.rows[c]), losses[c], alg.client_meta(task, k)))
-        return outs
+        return _reports(task, clients, cohort, params, losses)
+
+
+def _reports(task: CohortJob, clients: list[int], cohort, updates: dict[str, torch.Tensor], losses: list[float]
+             ) -> list[ClientReport]:
+    """One report per client of the chunk: its slice of the stacked ``updates`` (views, no copies)."""
+    return [ClientReport(k, {n: u[c] for n, u in updates.items()}, len(cohort.rows[c]), losses[c],
+                         task.algorithm.client_meta(task, k)) for c, k in enumerate(clients)]
 
 
 def _has_conv(model: nn.Module) -> bool:
@@ -195,15 +198,16 @@ def _factored_chunk(task: CohortJob, clients: list[int], cohort, plan: list[bool
     C, S, B = gidx.shape
     layers = [(i, m) for i, m in enumerate(task.model) if not isinstance(m, nn.Flatten)]
     dev, dt = x_all.device, next(iter(z0.values())).dtype
-    # per Linear layer: ("factored", W0, b0, A history, U history, bias sum) or ("dense", weight name, bias name)
+    # per Linear layer: {W0, b0, A (inputs so far), Ut (-lr dL/d(output) so far, transposed), db (bias sum)} when
+    # factored, else {"dense": (weight name, bias name)}
     lin: dict[int, dict] = {}
     dense: dict[str, torch.Tensor] = {}  # per-client weights of the non-factored layers, stacked, trained here
-    k = 0
+    factored = iter(plan)
     for i, m in layers:
         if not isinstance(m, nn.Linear):
             continue
         wn, bn = f"{i}.weight", f"{i}.bias"
-        if plan[k]:
+        if next(factored):
             lin[i] = {"W0": task.params[wn].detach(), "b0": task.params[bn].detach() if bn in task.params else None,
                       "A": torch.zeros(C, S * B, m.in_features, device=dev, dtype=dt),
                       # U stored transposed ([C, out, rows]): the final U^T A is then a contiguous bmm (2x faster)
@@ -214,7 +218,6 @@ def _factored_chunk(task: CohortJob, clients: list[int], cohort, plan: list[bool
             for n in (wn, bn):
                 if n in task.params:
                     dense[n] = z0[n].clone(memory_format=torch.contiguous_format)
-        k += 1
     opt = optim.init_state(dense, sched, C)
     loss_fn = vmap(task.task.weighted_loss)  # the task's per-client weighted loss, for the whole cohort at once
     lw_sum = torch.zeros(C, device=dev)
@@ -273,9 +276,7 @@ def _factored_chunk(task: CohortJob, clients: list[int], cohort, plan: list[bool
         upd[f"{i}.weight"] = torch.bmm(L["Ut"], L["A"])
         if L["b0"] is not None:
             upd[f"{i}.bias"] = L["db"]
-    alg = task.algorithm
-    return [ClientReport(k, {n: upd[n][c] for n in z0}, len(cohort.rows[c]), losses[c], alg.client_meta(task, k))
-            for c, k in enumerate(clients)]
+    return _reports(task, clients, cohort, {n: upd[n] for n in z0}, losses)
 
 
 def _grid_cells(rows: list[torch.Tensor], batches: list[list[torch.Tensor]], S: int, B: int
