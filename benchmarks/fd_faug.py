@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import fedloom.components  # noqa: F401  (registers every partitioner: target_labels is not in fedloom.data.partition)
 from fedloom.algorithms.faug import FAugParams, public_pool, run_faug
 from fedloom.config import validate_config
 from fedloom.data.datasets import load_dataset

@@ -12,6 +12,12 @@ C. Wall time on a simulated slow link (2 gloo processes): mini-batch SGD vs loca
 
     python benchmarks/local_sgd.py                     # the scale recorded in benchmarks/results/local_sgd.md
     python benchmarks/local_sgd.py --cnn-epochs 1      # quicker
+    python benchmarks/local_sgd.py --parts AB --seeds 0 1 2 3 4 --cnn-K 8 --out benchmarks/results/local_sgd_seeds.json
+                                                       # issue 20: 5 seeds, K = 8 in part B
+                                                       # (verdicts: python benchmarks/paper/verdicts.py local-sgd)
+
+With several ``--seeds``, every row carries its ``seed`` (the workers' data order and, for B, the initialisation);
+f* does not depend on it.
 """
 
 from __future__ import annotations
@@ -60,39 +66,38 @@ def stich(args) -> dict:
     fs = f_star(base)
     src, model = build(base, torch.device("cpu"))
     rows = []
-    for H in args.H:
-        for K in args.K:
-            cfg = base.model_copy(update={"local_steps": H})
-            hit: dict[str, int | None] = {"t": None}
-            curve: list = []
-            xhat: dict = {"x": None, "S": 0.0}
+    for seed, H, K in ((s, h, k) for s in args.seeds for h in args.H for k in args.K):
+        cfg = base.model_copy(update={"local_steps": H, "seed": seed})
+        hit: dict[str, int | None] = {"t": None}
+        curve: list = []
+        xhat: dict = {"x": None, "S": 0.0}
 
-            def on_step(t, avg, hit=hit, curve=curve, xhat=xhat):
-                # Stich's output: x_hat_T = S_T^-1 sum_t w_t x_bar_t with w_t = (a + t)^2
-                w = (args.a + t) ** 2
-                xhat["S"] += w
-                if xhat["x"] is None:
-                    xhat["x"] = [v.clone() for v in avg]
-                else:
-                    for h, v in zip(xhat["x"], avg):
-                        h.add_(v - h, alpha=w / xhat["S"])
-                if t % args.every:
-                    return
-                with torch.no_grad():
-                    sub = float(objective(model, xhat["x"], src.train_x, src.train_y, args.lam)) - fs
-                curve.append((t, sub))
-                if hit["t"] is None and sub <= args.eps:
-                    hit["t"] = t
-                return hit["t"] is not None  # stop at the target
+        def on_step(t, avg, hit=hit, curve=curve, xhat=xhat):
+            # Stich's output: x_hat_T = S_T^-1 sum_t w_t x_bar_t with w_t = (a + t)^2
+            w = (args.a + t) ** 2
+            xhat["S"] += w
+            if xhat["x"] is None:
+                xhat["x"] = [v.clone() for v in avg]
+            else:
+                for h, v in zip(xhat["x"], avg):
+                    h.add_(v - h, alpha=w / xhat["S"])
+            if t % args.every:
+                return
+            with torch.no_grad():
+                sub = float(objective(model, xhat["x"], src.train_x, src.train_y, args.lam)) - fs
+            curve.append((t, sub))
+            if hit["t"] is None and sub <= args.eps:
+                hit["t"] = t
+            return hit["t"] is not None  # stop at the target
 
-            t0 = time.perf_counter()
-            res = simulate(cfg, K, on_step=on_step)
-            rows.append({"K": K, "H": H, "iters_to_eps": hit["t"], "final_subopt": curve[-1][1],
-                         "syncs": res["counts"]["global"], "seconds": time.perf_counter() - t0})
-            del res
-            print(f"  stich K={K} H={H}: iters to eps={hit['t']} final subopt={curve[-1][1]:.2e}", flush=True)
+        t0 = time.perf_counter()
+        res = simulate(cfg, K, on_step=on_step)
+        rows.append({"seed": seed, "K": K, "H": H, "iters_to_eps": hit["t"], "final_subopt": curve[-1][1],
+                     "syncs": res["counts"]["global"], "seconds": time.perf_counter() - t0})
+        del res
+        print(f"  stich seed={seed} K={K} H={H}: iters to eps={hit['t']} final subopt={curve[-1][1]:.2e}", flush=True)
     for r in rows:
-        ref = next(x for x in rows if x["K"] == 1 and x["H"] == r["H"])
+        ref = next(x for x in rows if x["K"] == 1 and x["H"] == r["H"] and x["seed"] == r["seed"])
         r["speedup"] = (ref["iters_to_eps"] / r["iters_to_eps"]) if r["iters_to_eps"] and ref["iters_to_eps"] else None
     return {"f_star": fs, "eps": args.eps, "config": base.model_dump(), "rows": rows}
 
@@ -107,9 +112,14 @@ def lin(args) -> dict:
                   model_params={"channels": args.channels, "hidden": args.hidden}, batch_size=args.cnn_b,
                   lr=args.cnn_lr, momentum=0.9, nesterov=True, weight_decay=1e-4, steps=T,
                   lr_milestones=[tprime, (3 * T) // 4], seed=0)
-    for name, extra in [("minibatch (large batch)", dict(algorithm="minibatch")),
-                        ("post-local SGD H=16", dict(algorithm="postlocal", local_steps=16, post_local_from=tprime))]:
-        cfg = LocalSGDConfig(**common, **extra)
+    runs = [(seed, name, extra) for seed in args.seeds
+            for name, extra in [("minibatch (large batch)", dict(algorithm="minibatch")),
+                                ("post-local SGD H=16", dict(algorithm="postlocal", local_steps=16,
+                                                             post_local_from=tprime))]]
+    for seed, name, extra in runs:  # the two methods alternate, seed by seed
+        cfg = LocalSGDConfig(**{**common, "seed": seed}, **extra)
+        if len(args.seeds) > 1:
+            name = f"{name} seed={seed}"
         t0 = time.perf_counter()
         res = simulate(cfg, args.cnn_K)
         nbytes = sum(v.numel() * 4 for v in res["params"].values())
@@ -156,6 +166,7 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--bandwidth", type=float, default=1e7)
     ap.add_argument("--parts", default="ABC")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds for parts A and B")
     ap.add_argument("--out", default=os.path.join(RESULTS, "local_sgd.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)

@@ -7,7 +7,7 @@
 Every grid point x seed is validated first (a bad one: exit 2, nothing written), then run in its own process
 (``python -m fedloom.cli run ... --quiet``: the same code path as ``fedloom run``; a crash stays in its process)
 in DIR/<point>/seed=<s>, ``--jobs`` at a time, each with ``threads = cores // jobs`` (unless ``threads=`` is
-given). Rerunning the same command resumes: finished runs (complete metrics.jsonl and model.pt) are skipped,
+given or the config file sets ``threads``). Rerunning the same command resumes: finished runs (complete metrics.jsonl and model.pt) are skipped,
 interrupted ones continue from their checkpoint (``fedloom run --resume``), others start again.
 
 At the end, one summary row per grid point: the final and the best headline metric, the rounds to reach a
@@ -112,6 +112,16 @@ def _experiment(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in VOLATILE}
 
 
+def _sets_threads(config: Path) -> bool:
+    """Whether the config file itself sets ``threads`` (then the sweep keeps it instead of ``cores // jobs``:
+    a user who runs two sweeps side by side with ``threads: 1`` must not get two threads per run)."""
+    try:
+        raw = yaml.safe_load(Path(config).read_text())
+    except (OSError, yaml.YAMLError):
+        return False  # load_config reports the error
+    return isinstance(raw, dict) and raw.get("threads") is not None
+
+
 def _cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -161,7 +171,7 @@ class Sweep:
                 self.axes[key] = vals
             else:
                 self.fixed.append(a)
-        user_threads = any(f.partition("=")[0] == "threads" for f in self.fixed)
+        user_threads = any(f.partition("=")[0] == "threads" for f in self.fixed) or _sets_threads(self.config)
         shorts = [k.rpartition(".")[2] for k in self.axes]
         names = {k: (s if shorts.count(s) == 1 else k) for k, s in zip(self.axes, shorts)}
         points = [dict(zip(self.axes, combo)) for combo in itertools.product(*self.axes.values())] or [{}]

@@ -48,6 +48,11 @@ def test_plan_grid_seeds_threads_and_dirs(tmp_path):
     # a shared last key part is disambiguated by the full key
     two = Sweep(DEMO, ["client.lr=0.1,0.2", "server_optimizer.lr=1.0,0.5"], tmp_path / "t").plan()
     assert two[0].label == "client.lr=0.1,server_optimizer.lr=1.0"
+    # a config file that sets threads keeps them (two sweeps side by side with threads: 1 each)
+    own = tmp_path / "own.yaml"
+    own.write_text(DEMO.read_text() + "threads: 1\n")
+    one = Sweep(own, ["seed=0,1", *SMALL], tmp_path / "u", jobs=1, cores=4).plan()
+    assert all(j.cfg.threads == 1 and not any(o.startswith("threads=") for o in j.overrides) for j in one)
 
 
 @pytest.mark.parametrize("args, msg", [

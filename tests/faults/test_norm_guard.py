@@ -8,6 +8,7 @@ import pytest
 
 from fedloom.config import ConfigError, load_config, validate_config
 from fedloom.core.aggregate import WeightedMean
+from fedloom.data.datasets import FASHION_DIR
 from fedloom.simulation import Simulation
 from tests.conftest import small_config, tap
 from tests.faults.conftest import rewrite_meta
@@ -63,7 +64,7 @@ def test_demo_config_rejects_nothing():
 
 def test_quantity_skew_is_not_an_outlier():
     """Clients that honestly hold 10-40x more data than the median run that many more local steps, so their update
-    norms are that much larger: the guard compares norms per local step (the server's own schedule of each
+    norms are that much larger: the guard compares norms per sqrt(local steps) (the server's own schedule of each
     validated sample count), so it rejects none of them. (Compared as raw norms, this run rejected 2 clients.)"""
     ov = {"data.partition": dict(name="quantity_skew", sigma=2.0), "data.num_clients": 12, "cohort_size": 6,
           "model": dict(name="mlp", hidden=[48, 24]), "client.batch_size": 8}
@@ -71,3 +72,20 @@ def test_quantity_skew_is_not_an_outlier():
     assert sum(len(r["rejected"]) for r in recs) == 0
     sizes = sorted(Simulation(validate_config(small_config(rounds=1, **ov))).ctx.data.client_size(k) for k in range(12))
     assert sizes[-1] > 10 * sizes[5]  # the skew this test relies on
+
+
+@pytest.mark.skipif(not (FASHION_DIR / "train-images-idx3-ubyte.gz").exists(), reason="dataset-fashion-mnist not installed")
+def test_one_batch_clients_under_label_skew_are_not_outliers():
+    """Found by issue 20's Fed2 runs: Fashion-MNIST, 50 clients with Dirichlet(0.1), McMahan's CNN, B=32. Client
+    23 holds 14 images (one local step) and its single step is as long as any honest first step; the clients
+    with 26-190 steps saturate on their one or two classes, so their norm per local step is ~20x smaller.
+    Compared per local step the guard rejected client 23 in round 2 (0.406 vs the median 0.023); compared per
+    square root of the steps (the middle between raw norms, wrong for quantity skew, and per-step norms, wrong
+    here) it keeps every client, while a x1e4 update is still rejected (test above)."""
+    ov = {"data.dataset": "fashion_mnist", "data.partition": dict(name="dirichlet", alpha=0.1),
+          "data.num_clients": 50, "cohort_size": 10, "model": dict(name="cnn", channels=[20, 40], hidden=100),
+          "client.batch_size": 32, "client.lr": 0.05, "engine": "sequential", "eval_every": 2}
+    sim = Simulation(validate_config(small_config(rounds=2, **ov)))
+    assert 23 in sim.server.planner.plan(2, 0).reporting and sim.ctx.data.client_size(23) < 32
+    recs = sim.run()
+    assert [r["rejected"] for r in recs] == [[], []]
