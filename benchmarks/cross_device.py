@@ -11,6 +11,8 @@ Methods, each in its own subprocess (so peak memory is per method), alternated w
   fedloom-sequential   the same with engine=sequential
   plain-vmap           a hand-written plain-PyTorch torch.func.vmap loop of the same math (no serialization,
                        no validation, no metrics): the limit a vectorized simulator can approach
+  plain-vmap-heap      the same loop with fedloom's heap setting (fedloom/heap.py) applied: a fairness check
+                       (not in the default set), so a lever that any loop could use is not credited to fedloom
   flower               Flower 1.42 simulation (Message API, Ray backend, 1 CPU per client actor) of the same
                        workload, ``benchmarks/flower_sim_app.py``: data loaded once per actor process; needs the
                        benchmark-only environment of benchmarks/requirements-w1.txt (--flower-python)
@@ -88,6 +90,15 @@ def run_plain_vmap(w: Workload, rounds: int, threads: int) -> dict:
             with torch.no_grad():
                 acc = float((functional_call(model, params, (src.test_x,)).argmax(1) == src.test_y).float().mean())
     return {"accuracy": acc}
+
+
+def run_plain_vmap_heap(w: Workload, rounds: int, threads: int) -> dict:
+    """The plain loop with fedloom's heap setting (fedloom/heap.py) applied first: what that one lever would give a
+    hand-written loop, so fedloom's lead over the plain loop is not credited to it alone."""
+    from fedloom.heap import retain_freed_memory
+
+    assert retain_freed_memory()
+    return run_plain_vmap(w, rounds, threads)
 
 
 def run_flower(w: Workload, rounds: int) -> dict:
@@ -172,7 +183,8 @@ def measure(cmd: list[str], env: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="w1")
-    ap.add_argument("--method", choices=["fedloom-vectorized", "fedloom-sequential", "plain-vmap", "flower"])
+    ap.add_argument("--method", choices=["fedloom-vectorized", "fedloom-sequential", "plain-vmap", "plain-vmap-heap",
+                                         "flower"])
     ap.add_argument("--methods", default="fedloom-vectorized,plain-vmap,fedloom-sequential,flower")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=None, help="default: the workload's (100)")
@@ -185,7 +197,9 @@ def main() -> None:
     if a.method:  # worker mode: run one method, print one JSON line
         fn = {"fedloom-vectorized": lambda: run_fedloom(w, "vectorized", rounds, a.threads),
               "fedloom-sequential": lambda: run_fedloom(w, "sequential", rounds, a.threads),
-              "plain-vmap": lambda: run_plain_vmap(w, rounds, a.threads), "flower": lambda: run_flower(w, rounds)}[a.method]
+              "plain-vmap": lambda: run_plain_vmap(w, rounds, a.threads),
+              "plain-vmap-heap": lambda: run_plain_vmap_heap(w, rounds, a.threads),
+              "flower": lambda: run_flower(w, rounds)}[a.method]
         t0 = time.perf_counter()
         res = fn()
         res["inner_s"] = time.perf_counter() - t0

@@ -33,6 +33,7 @@ from fedloom.core.types import Broadcast, Bytes, LocalSchedule, RoundInfo, RunCo
 from fedloom.crypto.secagg import CiphertextSum, SecAggEncoder, SecureAggregation, build_secure_aggregation
 from fedloom.data.federated import build_federated
 from fedloom.engine import CohortJob, Engine, build_engine, fallback_reason
+from fedloom.heap import retain_freed_memory
 from fedloom.models import build_model
 from fedloom.models.tasks import build_task
 from fedloom.privacy import DPAggregator, DPFedAvg, LocalDPStage
@@ -210,6 +211,7 @@ def build_run(cfg: RunConfig, *, data: Any = None, engine: Engine | None = None,
     if errors:  # a run built from Python without validate_config's checks
         raise ConfigError(errors)
     torch.set_num_threads(cfg.threads or default_threads())
+    retain_freed_memory()  # a round's buffers reused, not faulted in fresh (fedloom/heap.py)
     device = torch.device(cfg.device)
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError(["device: cuda, but torch sees no CUDA device on this machine; use device=cpu"])

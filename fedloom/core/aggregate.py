@@ -76,7 +76,8 @@ def norm_guard(rnd: int, reports: Sequence[ClientReport], multiple: float,
     lower median of the non-zero norms (a client with no samples sends a zero update), so fewer than half of the
     clients cannot move it; with fewer than :data:`NORM_GUARD_MIN_CLIENTS` non-zero norms there is no robust
     reference and every report is kept."""
-    norms = [update_norm(r.update) / (math.sqrt(max(1, steps(rnd, r.num_samples))) if steps else 1) for r in reports]
+    norms = [(r.norm if r.norm is not None else update_norm(r.update))
+             / (math.sqrt(max(1, steps(rnd, r.num_samples))) if steps else 1) for r in reports]
     nonzero = sorted(x for x in norms if x > 0)
     if len(nonzero) < NORM_GUARD_MIN_CLIENTS:
         return list(reports), []

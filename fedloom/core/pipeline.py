@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 
 from fedloom import wire
+from fedloom.core.aggregate import update_norm
 from fedloom.core.types import Bytes, ClientReport, ParamSpec, RoundInfo
 
 
@@ -155,9 +156,14 @@ class ServerPipeline:
         rep = self.encoder.decode(client, msg, self.wire)
         for st in reversed(self.stages):
             rep = st.server(rep)
-        for k, t in rep.update.items():
-            if not _finite(t):
-                raise wire.MessageError(f"entry {k!r} contains NaN or Inf")
+        # one fused pass: a finite L2 norm proves every entry finite (NaN and Inf propagate into it); only
+        # otherwise are the entries scanned one by one, to name the bad one. The norm is kept for the norm guard.
+        norm = update_norm(rep.update) if all(t.is_floating_point() for t in rep.update.values()) else None
+        if norm is None or not math.isfinite(norm):
+            norm = None
+            for k, t in rep.update.items():
+                if not _finite(t):
+                    raise wire.MessageError(f"entry {k!r} contains NaN or Inf")
         n = rep.num_samples
         if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n < 0 or n != int(n):
             raise wire.MessageError(f"num_samples must be a non-negative integer, got {n!r}")
@@ -175,7 +181,7 @@ class ServerPipeline:
             self.check(rep)
         except ValueError as e:
             raise wire.MessageError(str(e)) from None
-        rep = replace(rep, num_samples=int(n))
+        rep = replace(rep, num_samples=int(n), norm=norm)
         if self.device.type != "cpu":
             rep = replace(rep, update={k: t.to(self.device) for k, t in rep.update.items()})
         return rep

@@ -88,7 +88,9 @@ class ClientReport:
     """One client's report. On the client: what its local work produced (``update`` = local model minus the
     model it started from, Konecny et al.'s H_t^i), transformed by the client pipeline. On the server: what
     was decoded and validated from its message. ``payload`` holds what cannot be read as tensors (Paillier
-    ciphertexts, summed only by the ciphertext aggregator)."""
+    ciphertexts, summed only by the ciphertext aggregator). ``norm`` is the L2 norm of ``update``, set by the
+    server pipeline when it validates the report (the same pass proves every entry finite), so the norm guard
+    does not read the update again; None elsewhere (whoever replaces ``update`` after validation resets it)."""
 
     client: int
     update: Params
@@ -96,6 +98,7 @@ class ClientReport:
     train_loss: float | None
     meta: Mapping[str, Any] = field(default_factory=dict)
     payload: Any = None
+    norm: float | None = None
 
 
 @dataclass(frozen=True)

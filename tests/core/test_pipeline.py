@@ -89,3 +89,22 @@ def test_the_algorithms_own_check_rejects_as_a_message_error():
     with pytest.raises(wire.MessageError, match="label_counts"):
         sp.receive(3, cp.run(_report(), {}, RoundInfo(1, 3)))
     assert sp.receive(3, cp.run(_report(label_counts=[1, 2]), {}, RoundInfo(1, 3))).meta["label_counts"] == [1, 2]
+
+
+def test_validation_keeps_the_norm_and_names_every_kind_of_non_finite_entry():
+    """The finiteness check and the norm guard's norm are one pass: a finite norm proves the entries finite. The
+    cases where the norm alone cannot tell: Inf (norm Inf), NaN (norm NaN), and huge finite values whose float32
+    norm overflows (kept: the norm is redone in float64, and the guard, not validation, judges them)."""
+    spec = {"a": ((2,), torch.float32), "b": ((3,), torch.float32)}
+    enc = PlainEncoder()
+    cp, sp = ClientPipeline([], enc), ServerPipeline([], enc, spec, lambda r: None, torch.device("cpu"))
+    ok = ClientReport(3, {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([0.0, 4.0, 0.0])}, 7, 0.5)
+    got = sp.receive(3, cp.run(ok, {}, RoundInfo(1, 3)))
+    assert got.norm == pytest.approx(5.0)
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        rep = ClientReport(3, {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([0.0, bad, 0.0])}, 7, 0.5)
+        with pytest.raises(wire.MessageError, match="entry 'b' contains NaN or Inf"):
+            sp.receive(3, cp.run(rep, {}, RoundInfo(1, 3)))
+    huge = ClientReport(3, {"a": torch.tensor([3e30, 0.0]), "b": torch.tensor([0.0, 4e30, 0.0])}, 7, 0.5)
+    got = sp.receive(3, cp.run(huge, {}, RoundInfo(1, 3)))
+    assert got.norm == pytest.approx(5e30, rel=1e-6)
