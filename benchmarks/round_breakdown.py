@@ -17,6 +17,7 @@ import argparse
 import json
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -29,7 +30,8 @@ from fedloom.config import load_config  # noqa: E402
 from fedloom.simulation import Simulation  # noqa: E402
 
 T_IMPORT = time.process_time() - t0
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workloads import WORKLOADS  # noqa: E402
 
 
 def train_macs_per_sample(model: nn.Module, sample_shape: tuple[int, ...]) -> int:
@@ -64,8 +66,8 @@ def main(rounds: int, workload: str, threads: int) -> dict:
 
     B.SimulatedClients.run = timed
     torch.set_num_threads(threads)
-    cfg = load_config(HERE / f"{workload}.yaml", ["rounds=100000", "progress=false", f"threads={threads}",
-                                                   "eval_every=100000"])
+    w = WORKLOADS[workload]
+    cfg = load_config(w.config, ["rounds=100000", "progress=false", f"threads={threads}", "eval_every=100000"])
     t = time.process_time()
     sim = Simulation(cfg)
     t_build = time.process_time() - t
@@ -78,7 +80,7 @@ def main(rounds: int, workload: str, threads: int) -> dict:
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)
     c, tot = statistics.median(clients_t[1:]), statistics.median(total)
     src = sim.ctx.data.source
-    samples = cfg.cohort_size * 50 * cfg.client.epochs  # both workloads: 50 samples per client
+    samples = w.cohort * w.per_client * w.epochs
     macs = train_macs_per_sample(sim.ctx.model, tuple(src.test_x.shape[1:])) * samples
     return {"workload": workload, "threads": threads, "import_cpu_s": round(T_IMPORT, 3),
             "build_cpu_s": round(t_build, 3), "round_ms": round(1000 * tot, 1), "clients_ms": round(1000 * c, 1),
@@ -91,7 +93,7 @@ def main(rounds: int, workload: str, threads: int) -> dict:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("rounds", type=int, nargs="?", default=20)
-    ap.add_argument("--workload", choices=["w1", "w2"], default="w1")
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="w1")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
     print(json.dumps(main(a.rounds, a.workload, a.threads)))

@@ -362,7 +362,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a YAML config file (``name`` defaulting to the file's stem), or a ConfigError that
+    says what is wrong with the file."""
     path = Path(path)
     if path.is_dir():
         raise ConfigError([f"config file {str(path)!r} is a directory; give a YAML file (a run's config is "
@@ -382,7 +384,11 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
                            f"{type(raw).__name__} ({str(raw)[:40]!r})"])
     if "name" not in raw:
         raw["name"] = path.stem
-    return validate_config(apply_overrides(raw, overrides or []))
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    return validate_config(apply_overrides(read_config_file(path), overrides or []))
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -13,8 +13,9 @@ because they must not depend on how fedloom was launched). Blocks above :data:`M
 ``mmap`` and are returned on free; up to :data:`TRIM_THRESHOLD` of free memory at the top of the heap is kept.
 The price is memory: RSS stays at the round's high-water mark between rounds instead of dropping, and in the
 first rounds the heap grows by a few of the largest buffers until a freed block (plus the 64-byte alignment torch
-asks for) fits the next request, after which the same blocks are reused (W1: peak RSS 580 MB instead of 560). Only glibc has ``mallopt``; elsewhere (musl, macOS) this does nothing. Set
-``FEDLOOM_RETAIN_HEAP=0`` to leave malloc's defaults alone. The usual alternative, preloading jemalloc or
+asks for) fits the next request, after which the same blocks are reused (W1: peak RSS 580 MB instead of 560).
+Only glibc has ``mallopt``; elsewhere (musl, macOS) this does nothing. Set ``FEDLOOM_RETAIN_HEAP=0`` to leave
+malloc's defaults alone. The usual alternative, preloading jemalloc or
 tcmalloc, needs a library installed and a launcher change; this needs neither.
 """
 

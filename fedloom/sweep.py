@@ -7,8 +7,9 @@
 Every grid point x seed is validated first (a bad one: exit 2, nothing written), then run in its own process
 (``python -m fedloom.cli run ... --quiet``: the same code path as ``fedloom run``; a crash stays in its process)
 in DIR/<point>/seed=<s>, ``--jobs`` at a time, each with ``threads = cores // jobs`` (unless ``threads=`` is
-given or the config file sets ``threads``). Rerunning the same command resumes: finished runs (complete metrics.jsonl and model.pt) are skipped,
-interrupted ones continue from their checkpoint (``fedloom run --resume``), others start again.
+given or the config file sets ``threads``). Rerunning the same command resumes: finished runs (complete
+metrics.jsonl and model.pt) are skipped, interrupted ones continue from their checkpoint (``fedloom run
+--resume``), others start again.
 
 At the end, one summary row per grid point: the final and the best headline metric, the rounds to reach a
 target and the total megabytes, each as mean, std and a Student-t 95% interval over the seeds (n = 1: no
@@ -36,7 +37,7 @@ from typing import Any
 import yaml
 
 from fedloom.atomic import write_text_atomic
-from fedloom.config import VOLATILE, ConfigError, RunConfig, dump_config, load_config
+from fedloom.config import VOLATILE, ConfigError, RunConfig, dump_config, load_config, read_config_file
 
 
 class SweepError(ValueError):
@@ -116,10 +117,9 @@ def _sets_threads(config: Path) -> bool:
     """Whether the config file itself sets ``threads`` (then the sweep keeps it instead of ``cores // jobs``:
     a user who runs two sweeps side by side with ``threads: 1`` must not get two threads per run)."""
     try:
-        raw = yaml.safe_load(Path(config).read_text())
-    except (OSError, yaml.YAMLError):
+        return read_config_file(config).get("threads") is not None
+    except ConfigError:
         return False  # load_config reports the error
-    return isinstance(raw, dict) and raw.get("threads") is not None
 
 
 def _cores() -> int:

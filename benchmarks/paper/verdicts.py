@@ -93,6 +93,12 @@ def fmt(iv: dict[str, Any], scale: float = 100.0, digits: int = 2) -> str:
     return s
 
 
+def seed_cells(by_seed: dict[int, float]) -> str:
+    """The ``n | mean ± 95% CI | per seed`` cells of a table row, for values already in the table's unit."""
+    return (f"{len(by_seed)} | {fmt(interval(list(by_seed.values())), 1.0)} | "
+            + ", ".join(f"{v:.2f}" for _, v in sorted(by_seed.items())))
+
+
 def _by_seed(runs: list[tuple[dict[str, Any], RunData]], tail: int) -> dict[int, float]:
     return {int(c["seed"]): tail_acc(r, tail) for c, r in runs}
 
@@ -210,8 +216,7 @@ def fd_faug(a: argparse.Namespace) -> None:
     print("| --- | --- | --- | --- | --- |")
     for m in methods:
         bits = interval([8 * (r[m]["wire_bytes_up_per_device"] + r[m]["wire_bytes_down_per_device"]) for r in res])
-        print(f"| {m} | {len(acc[m])} | {fmt(interval(list(acc[m].values())), 1.0)} | "
-              + ", ".join(f"{v:.2f}" for _, v in sorted(acc[m].items())) + f" | {bits['mean']:,.0f} |")
+        print(f"| {m} | {seed_cells(acc[m])} | {bits['mean']:,.0f} |")
     ratio = {s: acc["FD+FAug"][s] / acc["FL"][s] for s in set(acc["FD+FAug"]) & set(acc["FL"])}
     iv = interval(list(ratio.values()))
     print(f"\n- FD+FAug / FL = {fmt(iv, 1.0, 3)} (per seed " + ", ".join(f"{v:.3f}" for _, v in sorted(ratio.items()))
@@ -269,8 +274,7 @@ def local_sgd(a: argparse.Namespace) -> None:
         print("| run | n | test accuracy (%, mean ± 95% CI) | per seed | MB per worker |")
         print("| --- | --- | --- | --- | --- |")
         for base, v in acc.items():
-            print(f"| {base} | {len(v)} | {fmt(interval(list(v.values())), 1.0)} | "
-                  + ", ".join(f"{x:.2f}" for _, x in sorted(v.items())) + f" | {mb[base]:.1f} |")
+            print(f"| {base} | {seed_cells(v)} | {mb[base]:.1f} |")
         names = list(acc)
         if len(names) == 2:
             d = paired(acc[names[1]], acc[names[0]])
@@ -294,8 +298,7 @@ def transformer(a: argparse.Namespace) -> None:
     for name, v in acc.items():
         r = {s: v[s] / central[s] for s in v if s in central}
         ratios[name] = interval(list(r.values()))
-        print(f"| {name} | {len(v)} | {fmt(interval(list(v.values())), 1.0)} | "
-              + ", ".join(f"{x:.2f}" for _, x in sorted(v.items())) + f" | {fmt(ratios[name], 100.0, 1)}% |")
+        print(f"| {name} | {seed_cells(v)} | {fmt(ratios[name], 100.0, 1)}% |")
     if "fedavg-transformer-adam" in ratios:
         print(f"\n- client Adam Transformer / central Adam Transformer, paired by seed: "
               f"{verdict(ratios['fedavg-transformer-adam'], 0.9, signed=False)} (>= 0.90 targeted)")
